@@ -1,0 +1,1 @@
+"""FineDual in JAX/Flax: text-driven two-person motion generation."""

@@ -1,0 +1,1 @@
+"""Skeleton, rotations, 262-d motion features and rendering."""
