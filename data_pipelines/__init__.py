@@ -1,0 +1,1 @@
+"""Tools that turn raw data sets on disk into TFDS data sets and their artefacts."""

@@ -1,0 +1,1 @@
+"""Batch contract, tokenizer, per-person text decomposition and the input pipeline."""

@@ -1,0 +1,157 @@
+"""The input pipeline: a TFDS array_record data set read through grain into fixed-shape batches.
+
+Per example (DESIGN §1.2, §5): pick a caption, crop to at most ``max_len + 1`` frames at a
+random start, optionally swap the persons (with their texts) before canonicalisation, compute
+the 262-d features in person 1's frame, optionally swap again after, normalise, pad to
+``max_len`` rows with a mask and tokenise the three texts. Batches follow ``batch.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from finedual_jax.data import batch as batch_lib
+from finedual_jax.data.tokenizer import Tokenizer
+from finedual_jax.motion import features as features_lib
+
+STATS_FILE = 'motion_stats.npz'  # mean [262], std [262] over the training split.
+TOKENIZER_FILE = 'spm.model'
+STD_FLOOR = 1e-2  # Near-constant channels would otherwise be blown up by normalisation.
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifacts:
+  """What a data set build produces beside the records: normalisation and the tokenizer."""
+  dataset_dir: pathlib.Path
+  mean: np.ndarray
+  std: np.ndarray
+  tokenizer: Tokenizer
+
+  def normalise(self, features: np.ndarray) -> np.ndarray:
+    return ((features - self.mean) / self.std).astype(np.float32)
+
+  def denormalise(self, features: np.ndarray) -> np.ndarray:
+    return (np.asarray(features, np.float64) * self.std + self.mean).astype(np.float32)
+
+
+def load_statistics(path: str | pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  """Reads ``mean`` and ``std`` (262 each) from an .npz file, checking them."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'normalisation statistics not found: {path}')
+  with np.load(path) as stats:
+    missing = {'mean', 'std'} - set(stats.files)
+    if missing:
+      raise ValueError(f'{path}: expected arrays "mean" and "std", missing {sorted(missing)}.')
+    mean, std = stats['mean'].astype(np.float32), stats['std'].astype(np.float32)
+  for name, value in (('mean', mean), ('std', std)):
+    if value.shape != (features_lib.FEATURE_DIM,) or not np.all(np.isfinite(value)):
+      raise ValueError(f'{path}: "{name}" must be {features_lib.FEATURE_DIM} finite numbers, '
+                       f'found shape {value.shape}.')
+  if np.any(std <= 0):
+    raise ValueError(f'{path}: "std" must be positive; found {np.sum(std <= 0)} entries <= 0.')
+  return mean, std
+
+
+def load_artifacts(dataset_dir: str | pathlib.Path, stats_file: str = '') -> Artifacts:
+  """Loads a built data set's statistics (or ``stats_file`` instead) and tokenizer."""
+  dataset_dir = pathlib.Path(dataset_dir)
+  mean, std = load_statistics(stats_file or dataset_dir / STATS_FILE)
+  return Artifacts(dataset_dir, mean, std, Tokenizer(dataset_dir / TOKENIZER_FILE))
+
+
+def data_source(dataset_dir: str | pathlib.Path, split: str):
+  """Random-access source over one split of a built TFDS data set (no TensorFlow needed)."""
+  dataset_dir = pathlib.Path(dataset_dir)
+  if not (dataset_dir / 'dataset_info.json').is_file():
+    raise FileNotFoundError(f'{dataset_dir} is not a built TFDS data set (no dataset_info.json); '
+                            'build it with python -m data_pipelines.prepare.')
+  builder = tfds.builder_from_directory(str(dataset_dir))
+  if split not in builder.info.splits:
+    raise ValueError(f'{dataset_dir}: no split {split!r}; it has {sorted(builder.info.splits)}.')
+  return builder.as_data_source(split=split)
+
+
+def _text(value) -> str:
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def split_motion(motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Stored [T, 2, 192] -> positions [2, T, 22, 3] and 6D rotations [2, T, 21, 6]."""
+  motion = np.asarray(motion, np.float64).transpose(1, 0, 2)
+  num_frames = motion.shape[1]
+  return (motion[..., :66].reshape(2, num_frames, 22, 3),
+          motion[..., 66:].reshape(2, num_frames, 21, 6))
+
+
+class MakeExample(grain.transforms.RandomMap):
+  """A stored clip -> one training example of the batch contract (without the batch axis)."""
+
+  def __init__(self, artifacts: Artifacts, *, max_len: int, max_text_len: int, train: bool,
+               swap_before_p: float = 0.5, swap_after_p: float = 0.5):
+    self.artifacts = artifacts
+    self.max_len = max_len
+    self.max_text_len = max_text_len
+    self.train = train
+    self.swap_before_p = swap_before_p if train else 0.0
+    self.swap_after_p = swap_after_p if train else 0.0
+
+  def random_map(self, element, rng: np.random.Generator):
+    positions, rotations = split_motion(element['motion'])
+    num_frames = positions.shape[1]
+    window = min(num_frames, self.max_len + 1)  # T frames give T-1 feature rows.
+    start = int(rng.integers(0, num_frames - window + 1)) if self.train else 0
+    positions = positions[:, start:start + window]
+    rotations = rotations[:, start:start + window]
+    captions = [_text(t) for t in element['captions']]
+    index = int(rng.integers(0, len(captions))) if self.train else 0
+    texts = [captions[index], _text(element['person1_texts'][index]),
+             _text(element['person2_texts'][index])]
+    if rng.random() < self.swap_before_p:  # The canonical frame follows the new person 1.
+      positions, rotations = positions[::-1], rotations[::-1]
+      texts = [texts[0], texts[2], texts[1]]
+    feats = features_lib.canonical_pair_features(positions, rotations)  # [2, W-1, 262]
+    if rng.random() < self.swap_after_p:  # Either person may be the one at the origin.
+      feats = feats[::-1]
+      texts = [texts[0], texts[2], texts[1]]
+    rows = feats.shape[1]
+    motion = np.zeros((self.max_len, 2, features_lib.FEATURE_DIM), np.float32)
+    motion[:rows] = self.artifacts.normalise(feats.transpose(1, 0, 2))
+    mask = np.zeros((self.max_len,), np.float32)
+    mask[:rows] = 1.0
+    tokens = self.artifacts.tokenizer.encode(texts, self.max_text_len)
+    return {batch_lib.MOTION: motion, batch_lib.MASK: mask,
+            batch_lib.TEXT_TOKENS: tokens[0], batch_lib.PERSON_TOKENS: tokens[1:]}
+
+
+def make_loader(dataset_dir: str | pathlib.Path, split: str, artifacts: Artifacts, *,
+                batch_size: int, max_len: int, max_text_len: int, train: bool, seed: int,
+                num_epochs: int | None = None, swap_before_p: float = 0.5,
+                swap_after_p: float = 0.5, worker_count: int = 0, shard_index: int = 0,
+                shard_count: int = 1) -> grain.DataLoader:
+  """A grain loader of fixed-shape batches for this process's shard of ``split``.
+
+  ``batch_size`` is this process's share of the global batch; the remainder is dropped so every
+  batch has the same shape. Iterating is deterministic for a seed and checkpointable.
+  """
+  source = data_source(dataset_dir, split)
+  if len(source) < batch_size * shard_count:
+    raise ValueError(f'{dataset_dir} split {split!r} has {len(source)} examples, fewer than one '
+                     f'global batch ({batch_size} x {shard_count} processes).')
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source),
+      shard_options=grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count,
+                                                drop_remainder=True),
+      shuffle=train, num_epochs=num_epochs, seed=seed)
+  operations = [
+      MakeExample(artifacts, max_len=max_len, max_text_len=max_text_len, train=train,
+                  swap_before_p=swap_before_p, swap_after_p=swap_after_p),
+      grain.transforms.Batch(batch_size=batch_size, drop_remainder=True),
+  ]
+  return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
+                          worker_count=worker_count)
