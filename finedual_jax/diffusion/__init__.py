@@ -1,0 +1,1 @@
+"""Noise schedule, forward process, DDIM sampler and losses."""

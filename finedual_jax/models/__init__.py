@@ -1,0 +1,1 @@
+"""Flax modules: text encoder and denoisers."""
