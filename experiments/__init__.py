@@ -1,0 +1,1 @@
+"""One config file per experiment (ml_collections ConfigDicts)."""

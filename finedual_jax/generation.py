@@ -1,0 +1,118 @@
+"""Text -> two-person motion with a trained denoiser, and the artefacts written per sample."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from finedual_jax.data import decompose
+from finedual_jax.data.pipeline import Artifacts
+from finedual_jax.diffusion import sampler as sampler_lib
+from finedual_jax.diffusion.schedule import Schedule
+from finedual_jax.motion import features as features_lib
+from finedual_jax.motion import render
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+  """An overall caption with its per-person texts and where those came from."""
+  text: str
+  person1: str
+  person2: str
+  person_source: str  # 'given' | 'rule-based'
+
+  @classmethod
+  def from_text(cls, text: str, person1: str = '', person2: str = '') -> 'Prompt':
+    text = ' '.join(text.split())
+    if not text:
+      raise ValueError('the prompt text is empty; give a caption such as "Two people hug."')
+    if bool(person1.strip()) != bool(person2.strip()):
+      raise ValueError('give both per-person texts (person1 and person2) or neither.')
+    if person1.strip():
+      return cls(text, person1.strip(), person2.strip(), 'given')
+    return cls(text, *decompose.rule_based_split(text), 'rule-based')
+
+
+def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: float,
+                 ddim_steps: int):
+  """Compiles ``sample(params, noise, mask, text_tokens, person_tokens) -> x0`` (normalised)."""
+
+  def sample(params, noise, mask, text_tokens, person_tokens):
+    def denoise(x_t, t, drop_overall, drop_individual):
+      reps = x_t.shape[0] // noise.shape[0]
+      x0 = model.apply({'params': params}, x_t, t, jnp.tile(mask, (reps, 1)),
+                       jnp.tile(text_tokens, (reps, 1)), jnp.tile(person_tokens, (reps, 1, 1)),
+                       drop_overall, drop_individual, deterministic=True)
+      return x0 * jnp.tile(mask, (reps, 1))[:, :, None, None]
+
+    guided = sampler_lib.guided_denoiser(denoise, w_overall, w_individual)
+    return sampler_lib.ddim_sample(guided, schedule, noise * mask[:, :, None, None], ddim_steps)
+
+  return jax.jit(sample)
+
+
+def generate(sample_fn, params, artifacts: Artifacts, prompts: Sequence[Prompt], *,
+             length: int, max_len: int, max_text_len: int, seed: int) -> np.ndarray:
+  """Samples one motion per prompt; returns de-normalised features [N, 2, length, 262]."""
+  if not 1 <= length <= max_len:
+    raise ValueError(f'length must be between 1 and {max_len} frames (the model\'s maximum), '
+                     f'found {length}.')
+  tokenizer = artifacts.tokenizer
+  text_tokens = tokenizer.encode([p.text for p in prompts], max_text_len, truncate=False)
+  person_tokens = np.stack([tokenizer.encode([p.person1, p.person2], max_text_len, truncate=False)
+                            for p in prompts])
+  n = len(prompts)
+  mask = np.zeros((n, max_len), np.float32)
+  mask[:, :length] = 1.0
+  noise = jax.random.normal(jax.random.key(seed), (n, max_len, 2, features_lib.FEATURE_DIM))
+  x0 = sample_fn(params, noise, jnp.asarray(mask), jnp.asarray(text_tokens),
+                 jnp.asarray(person_tokens))
+  x0 = np.asarray(jax.device_get(x0))[:, :length]
+  return artifacts.denormalise(x0).transpose(0, 2, 1, 3)
+
+
+def _slug(text: str, limit: int = 48) -> str:
+  return re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')[:limit] or 'sample'
+
+
+def write_sample(out_dir: str | pathlib.Path, index: int, prompt: Prompt, features: np.ndarray,
+                 *, fps: int = 30) -> dict[str, Any]:
+  """Writes features, joint positions, a GIF and a PNG strip for one sample; returns the paths."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  stem = f'{index:03d}_{_slug(prompt.text)}'
+  positions = features_lib.feature_positions(features)  # [2, T, 22, 3]
+  paths = {'features': out_dir / f'{stem}_features.npy',
+           'positions': out_dir / f'{stem}_positions.npy',
+           'gif': out_dir / f'{stem}.gif', 'png': out_dir / f'{stem}.png'}
+  for key, array in (('features', features), ('positions', positions)):
+    tmp = paths[key].with_name(paths[key].name + '.tmp.npy')
+    np.save(tmp, array.astype(np.float32))
+    os.replace(tmp, paths[key])
+  render.render_gif(positions, paths['gif'], title=prompt.text, fps=fps)
+  render.render_strip(positions, paths['png'], title=prompt.text)
+  return dict(dataclasses.asdict(prompt), **{k: str(v) for k, v in paths.items()})
+
+
+def write_index(out_dir: str | pathlib.Path, records: list[dict], **extra) -> pathlib.Path:
+  path = pathlib.Path(out_dir) / 'samples.json'
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(json.dumps(dict(extra, samples=records), indent=2))
+  os.replace(tmp, path)
+  return path
+
+
+def config_from_dict(values: dict) -> ml_collections.ConfigDict:
+  """The training config as saved with a checkpoint -> a locked ConfigDict."""
+  config = ml_collections.ConfigDict(values)
+  config.lock()
+  return config

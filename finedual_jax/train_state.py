@@ -1,0 +1,40 @@
+"""The train state (step, params, EMA params, optimizer state, RNG) and the optimizer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training step reads and writes; a pytree, checkpointed whole."""
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def make_optimizer(*, learning_rate: float, warmup_steps: int, total_steps: int,
+                   weight_decay: float, clip_norm: float, b1: float = 0.9,
+                   b2: float = 0.999) -> optax.GradientTransformation:
+  """AdamW with linear warm-up then cosine decay, after global-norm clipping."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=learning_rate, warmup_steps=warmup_steps,
+      decay_steps=max(total_steps, warmup_steps + 1), end_value=0.1 * learning_rate)
+  return optax.chain(optax.clip_by_global_norm(clip_norm),
+                     optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
+
+
+def create(params: Any, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), rng=rng)
+
+
+def ema_update(ema: Any, params: Any, decay: float) -> Any:
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
