@@ -111,9 +111,11 @@ class InterHuman(tfds.core.GeneratorBasedBuilder):
     return {split: self._generate_examples(root, split, ignored) for split in SPLITS}
 
   def _generate_examples(self, root: pathlib.Path, split: str, ignored: set[str]):
-    stats = {'clips': 0, 'short': 0, 'rule_texts': 0}
-    for clip_id in _read_lines(root / 'split' / f'{split}.txt'):
+    stats = {'clips': 0, 'short': 0, 'rule_texts': 0, 'ignored': 0}
+    split_file = root / 'split' / f'{split}.txt'
+    for clip_id in _read_lines(split_file):
       if clip_id in ignored:
+        stats['ignored'] += 1
         continue
       example = _read_clip(root, clip_id)
       if example is None:
@@ -124,6 +126,9 @@ class InterHuman(tfds.core.GeneratorBasedBuilder):
       yield clip_id, example
       if split == 'train':
         yield f'{clip_id}_mirror', _mirror_example(example)
+    if not stats['clips']:
+      raise ValueError(f'{split_file}: no usable clip ({stats["ignored"]} ignored, '
+                       f'{stats["short"]} shorter than {MIN_FRAMES} frames); every split needs one.')
     logging.info('InterHuman %s: %d clips (and as many mirrored copies for train), %d shorter than '
                  '%d frames dropped, %d captions with rule-based per-person texts.', split,
                  stats['clips'], stats['short'], MIN_FRAMES, stats['rule_texts'])

@@ -12,7 +12,7 @@ import re
 
 _ROLE_SPLIT = re.compile(
     r'^\s*(?:one person|one of them|a person|the first person|person 1)\s+(?P<a>.+?)'
-    r'\s*(?:,\s*)?(?:and|while|as|,)\s+(?:the other(?: person)?|the second person|person 2)'
+    r'\s*(?:,\s*)?(?:\b(?:and|while|as)\b|,)\s+(?:the other(?: person)?|the second person|person 2)'
     r'(?:,\s*who)?\s+(?P<b>.+?)\s*[.!]?\s*$', re.IGNORECASE)
 _WHO_SPLIT = re.compile(
     r'^\s*(?:one person|one of them|a person)\s+(?P<a>.+?\bthe other(?: person)?)\s*,?\s+who\s+'
@@ -55,7 +55,7 @@ def rule_based_split(caption: str) -> tuple[str, str]:
     verb, _, tail = rest.partition(' ')
     rest = (_singular_verb(verb) + (' ' + tail if tail else '')).strip()
     # A second verb joined by "and" agrees with the singular subject too.
-    rest = re.sub(r'\band (?!the\b|a\b|an\b|their\b|his\b|her\b)([a-z]+)',
+    rest = re.sub(r'\band (?!the\b|a\b|an\b|their\b|his\b|her\b)([a-z]+(?<!ing))\b',
                   lambda m: 'and ' + _singular_verb(m.group(1)), rest)
     rest = _OBJECT.sub('the other person', rest)
     text = _sentence(rest)

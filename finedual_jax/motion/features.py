@@ -83,6 +83,10 @@ def canonical_pair_features(positions: np.ndarray, rotations: np.ndarray) -> np.
   positions = np.asarray(positions, dtype=np.float64)
   if positions.ndim != 4 or positions.shape[0] != 2 or positions.shape[2:] != (22, 3):
     raise ValueError(f'positions: expected shape [2, T, 22, 3], found {positions.shape}.')
+  rotations = np.asarray(rotations, dtype=np.float64)
+  if rotations.shape != positions.shape[:2] + (21, 6):
+    raise ValueError(f'rotations: expected shape [2, T, 21, 6] with T={positions.shape[1]} as in '
+                     f'positions, found {rotations.shape}.')
   if positions.shape[1] < 2:
     raise ValueError(f'positions: need at least 2 frames for velocities, found {positions.shape[1]}.')
   # Each person stands on its own floor, then both move rigidly with person 1's frame-0 pose.
@@ -98,7 +102,7 @@ def canonical_pair_features(positions: np.ndarray, rotations: np.ndarray) -> np.
     features.append(np.concatenate([
         pos[:-1].reshape(-1, 66),
         vel.reshape(-1, 66),
-        np.asarray(rotations[person][:-1], dtype=np.float64).reshape(-1, 126),
+        rotations[person][:-1].reshape(-1, 126),
         foot_contacts(pos),
     ], axis=-1))
   return np.stack(features).astype(np.float32)

@@ -1,0 +1,281 @@
+"""Tests for the grain input pipeline on the synthetic set: batch contract, masks, determinism,
+eval-mode content, the two person swaps, and the errors for bad statistics and bad folders."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from data_pipelines import prepare
+from finedual_jax.data import batch as batch_lib
+from finedual_jax.data import pipeline
+from finedual_jax.motion import features as features_lib
+
+_BATCH = 4
+_MAX_LEN = 150  # Between the synthetic clip lengths, so both padding and cropping happen.
+_TEXT_LEN = 48
+
+
+@pytest.fixture(scope='module')
+def dataset_dir(tmp_path_factory):
+  raw_dir = tmp_path_factory.mktemp('synthetic') / 'interhuman'
+  return prepare.prepare_synthetic(raw_dir, tmp_path_factory.mktemp('tfds'), clips_per_type=2)
+
+
+@pytest.fixture(scope='module')
+def artifacts(dataset_dir):
+  return pipeline.load_artifacts(dataset_dir)
+
+
+@pytest.fixture(scope='module')
+def train_source(dataset_dir):
+  return pipeline.data_source(dataset_dir, 'train')
+
+
+def _loader(dataset_dir, artifacts, *, split='train', train=True, seed=0, **kwargs):
+  kwargs.setdefault('batch_size', _BATCH)
+  return pipeline.make_loader(dataset_dir, split, artifacts, max_len=_MAX_LEN,
+                              max_text_len=_TEXT_LEN, train=train, seed=seed, **kwargs)
+
+
+def _take(loader, n):
+  return list(itertools.islice(iter(loader), n))
+
+
+def _text(value) -> str:
+  return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+
+def _normalised_text(text: str) -> str:
+  return ' '.join(text.split()).lower()
+
+
+def _expected_motion(artifacts, positions, rotations) -> np.ndarray:
+  """[max_len, 2, 262] normalised, zero-padded canonical features of a (cropped) pair."""
+  feats = features_lib.canonical_pair_features(positions, rotations)
+  out = np.zeros((_MAX_LEN, 2, features_lib.FEATURE_DIM), np.float32)
+  out[:feats.shape[1]] = (feats.transpose(1, 0, 2) - artifacts.mean) / artifacts.std
+  return out
+
+
+def test_lengths_straddle_max_len(train_source):
+  # Precondition of the mask tests: some clips are padded and some are cropped.
+  rows = [train_source[i]['num_frames'] - 1 for i in range(len(train_source))]
+  assert min(rows) < _MAX_LEN < max(rows)
+
+
+def test_train_batches_obey_the_contract_and_masks(dataset_dir, artifacts, train_source):
+  allowed = {min(train_source[i]['num_frames'] - 1, _MAX_LEN) for i in range(len(train_source))}
+  for batch in _take(_loader(dataset_dir, artifacts), 3):
+    batch_lib.check(batch, _BATCH, _MAX_LEN, _TEXT_LEN)
+    mask, motion = batch[batch_lib.MASK], batch[batch_lib.MOTION]
+    for row_mask in mask:
+      rows = int(row_mask.sum())
+      assert rows in allowed
+      np.testing.assert_array_equal(row_mask, np.arange(_MAX_LEN) < rows)  # A prefix of ones.
+    assert np.all(motion[mask == 0] == 0)
+    assert np.all(np.any(motion[mask == 1] != 0, axis=-1))
+    tokens = batch[batch_lib.TEXT_TOKENS]
+    assert np.all(tokens[:, 0] == 2) and np.all(batch[batch_lib.PERSON_TOKENS][..., 0] == 2)
+
+
+def test_eval_masks_are_min_of_rows_and_max_len_in_record_order(dataset_dir, artifacts,
+                                                                 train_source):
+  batches = _take(_loader(dataset_dir, artifacts, train=False, num_epochs=1), 100)
+  assert len(batches) == len(train_source) // _BATCH  # The remainder is dropped.
+  rows = np.concatenate([b[batch_lib.MASK].sum(axis=1) for b in batches])
+  expected = [min(train_source[i]['num_frames'] - 1, _MAX_LEN) for i in range(len(rows))]
+  np.testing.assert_array_equal(rows, expected)
+
+
+def test_same_seed_same_batches_different_seed_different(dataset_dir, artifacts):
+  first = _take(_loader(dataset_dir, artifacts, seed=3), 3)
+  again = _take(_loader(dataset_dir, artifacts, seed=3), 3)
+  other = _take(_loader(dataset_dir, artifacts, seed=4), 3)
+  for a, b in zip(first, again):
+    for key in batch_lib.spec(1, 1, 1):
+      np.testing.assert_array_equal(a[key], b[key])
+  assert any(not np.array_equal(a[batch_lib.MOTION], c[batch_lib.MOTION])
+             for a, c in zip(first, other))
+
+
+def test_eval_mode_is_deterministic_caption_zero_and_no_crop_offset(dataset_dir, artifacts):
+  split = 'val'
+  source = pipeline.data_source(dataset_dir, split)
+  loaders = [_loader(dataset_dir, artifacts, split=split, train=False, seed=s, batch_size=2,
+                     num_epochs=1) for s in (0, 1)]
+  batch, again = (_take(loader, 1)[0] for loader in loaders)
+  for key in batch_lib.spec(1, 1, 1):
+    np.testing.assert_array_equal(batch[key], again[key])
+  tok = artifacts.tokenizer
+  assert max(source[i]['num_frames'] for i in range(2)) > _MAX_LEN + 1  # One clip is cut.
+  for i in range(2):
+    element = source[i]
+    positions, rotations = pipeline.split_motion(element['motion'])
+    window = slice(0, _MAX_LEN + 1)
+    np.testing.assert_allclose(batch[batch_lib.MOTION][i],
+                               _expected_motion(artifacts, positions[:, window], rotations[:, window]),
+                               atol=1e-4)
+    np.testing.assert_array_equal(batch[batch_lib.TEXT_TOKENS][i],
+                                  tok.encode(_text(element['captions'][0]), _TEXT_LEN))
+    np.testing.assert_array_equal(
+        batch[batch_lib.PERSON_TOKENS][i],
+        tok.encode([_text(element['person1_texts'][0]), _text(element['person2_texts'][0])],
+                   _TEXT_LEN))
+
+
+@pytest.fixture(scope='module')
+def one_caption_element(train_source):
+  """A stored clip that fits in max_len rows, with only its first caption (so nothing random
+  remains but the swaps)."""
+  for i in range(len(train_source)):
+    element = dict(train_source[i])
+    if element['num_frames'] - 1 <= _MAX_LEN:
+      for key in ('captions', 'person1_texts', 'person2_texts'):
+        element[key] = [element[key][0]]
+      return element
+  raise AssertionError('no clip short enough')
+
+
+def _make(artifacts, element, before, after, seed=0):
+  transform = pipeline.MakeExample(artifacts, max_len=_MAX_LEN, max_text_len=_TEXT_LEN, train=True,
+                                   swap_before_p=before, swap_after_p=after)
+  return transform.random_map(element, np.random.default_rng(seed))
+
+
+def _decoded_persons(artifacts, example):
+  return [artifacts.tokenizer.decode(row) for row in example[batch_lib.PERSON_TOKENS]]
+
+
+def test_no_swap_gives_the_canonical_features(artifacts, one_caption_element):
+  positions, rotations = pipeline.split_motion(one_caption_element['motion'])
+  example = _make(artifacts, one_caption_element, 0.0, 0.0)
+  np.testing.assert_allclose(example[batch_lib.MOTION],
+                             _expected_motion(artifacts, positions, rotations), atol=1e-4)
+  assert _decoded_persons(artifacts, example) == [
+      _normalised_text(_text(one_caption_element[k][0])) for k in ('person1_texts', 'person2_texts')]
+
+
+def test_swap_before_canonicalises_in_the_new_person1_frame(artifacts, one_caption_element):
+  positions, rotations = pipeline.split_motion(one_caption_element['motion'])
+  plain = _make(artifacts, one_caption_element, 0.0, 0.0)
+  example = _make(artifacts, one_caption_element, 1.0, 0.0)
+  np.testing.assert_allclose(example[batch_lib.MOTION],
+                             _expected_motion(artifacts, positions[::-1], rotations[::-1]),
+                             atol=1e-4)
+  assert _decoded_persons(artifacts, example) == _decoded_persons(artifacts, plain)[::-1]
+  np.testing.assert_array_equal(example[batch_lib.TEXT_TOKENS], plain[batch_lib.TEXT_TOKENS])
+  np.testing.assert_array_equal(example[batch_lib.MASK], plain[batch_lib.MASK])
+
+
+def test_swap_after_flips_the_person_axis_of_unswapped_features(artifacts, one_caption_element):
+  positions, rotations = pipeline.split_motion(one_caption_element['motion'])
+  plain = _make(artifacts, one_caption_element, 0.0, 0.0)
+  example = _make(artifacts, one_caption_element, 0.0, 1.0)
+  np.testing.assert_allclose(example[batch_lib.MOTION],
+                             _expected_motion(artifacts, positions, rotations)[:, ::-1], atol=1e-4)
+  assert _decoded_persons(artifacts, example) == _decoded_persons(artifacts, plain)[::-1]
+  # The two swaps are different augmentations: the canonical frame follows a different person.
+  before = _make(artifacts, one_caption_element, 1.0, 0.0)
+  assert not np.allclose(example[batch_lib.MOTION], before[batch_lib.MOTION], atol=1e-2)
+
+
+def test_swapping_before_and_after_puts_person1_back_first_in_person2_frame(
+    artifacts, one_caption_element):
+  positions, rotations = pipeline.split_motion(one_caption_element['motion'])
+  plain = _make(artifacts, one_caption_element, 0.0, 0.0)
+  both = _make(artifacts, one_caption_element, 1.0, 1.0)
+  expected = _expected_motion(artifacts, positions[::-1], rotations[::-1])[:, ::-1]
+  np.testing.assert_allclose(both[batch_lib.MOTION], expected, atol=1e-4)
+  assert _decoded_persons(artifacts, both) == _decoded_persons(artifacts, plain)
+
+
+def test_training_crop_has_max_len_rows_at_a_frame_aligned_start(artifacts, train_source):
+  index = max(range(len(train_source)), key=lambda i: train_source[i]['num_frames'])
+  element = dict(train_source[index])
+  # Synthetic gaits are periodic; a quadratic drift of person 2 makes every window unique.
+  motion = np.array(element['motion'], np.float32)
+  num_frames = motion.shape[0]
+  motion[:, 1, 0:66:3] += 1e-4 * np.arange(num_frames, dtype=np.float32)[:, None] ** 2
+  element['motion'] = motion
+  positions, rotations = pipeline.split_motion(motion)
+  assert num_frames > _MAX_LEN + 1
+  starts = set()
+  for seed in range(4):
+    example = _make(artifacts, element, 0.0, 0.0, seed=seed)
+    assert example[batch_lib.MASK].sum() == _MAX_LEN
+    # The crop is one of the windows [s, s + max_len + 1): find it among all starts.
+    matches = [s for s in range(num_frames - _MAX_LEN)
+               if np.allclose(example[batch_lib.MOTION],
+                              _expected_motion(artifacts, positions[:, s:s + _MAX_LEN + 1],
+                                               rotations[:, s:s + _MAX_LEN + 1]), atol=1e-4)]
+    assert len(matches) == 1, matches
+    starts.add(matches[0])
+  assert len(starts) > 1  # The start is random.
+
+
+# --- Errors ---------------------------------------------------------------------------------
+
+def _save_stats(path, mean, std):
+  np.savez(path, mean=mean, std=std)
+  return path
+
+
+@pytest.mark.parametrize('mean_shape, std_value, pattern', [
+    ((261,), 1.0, r'"mean" must be 262'),
+    ((262,), 0.0, r'"std" must be positive'),
+    ((262,), -1.0, r'"std" must be positive'),
+])
+def test_load_statistics_rejects_bad_files(tmp_path, mean_shape, std_value, pattern):
+  path = _save_stats(tmp_path / 'stats.npz', np.zeros(mean_shape), np.full((262,), std_value))
+  with pytest.raises(ValueError, match=str(path)) as info:
+    pipeline.load_statistics(path)
+  assert info.match(pattern)
+
+
+def test_load_statistics_rejects_wrong_std_shape_nan_and_missing_keys(tmp_path):
+  path = _save_stats(tmp_path / 'a.npz', np.zeros(262), np.ones((2, 262)))
+  with pytest.raises(ValueError, match=rf'{path}.*"std".*\(2, 262\)'):
+    pipeline.load_statistics(path)
+  mean = np.zeros(262)
+  mean[7] = np.nan
+  path = _save_stats(tmp_path / 'b.npz', mean, np.ones(262))
+  with pytest.raises(ValueError, match=rf'{path}.*"mean"'):
+    pipeline.load_statistics(path)
+  path = tmp_path / 'c.npz'
+  np.savez(path, mean=np.zeros(262))
+  with pytest.raises(ValueError, match=rf'{path}.*missing \[\'std\'\]'):
+    pipeline.load_statistics(path)
+  with pytest.raises(FileNotFoundError, match='absent.npz'):
+    pipeline.load_statistics(tmp_path / 'absent.npz')
+
+
+def test_load_statistics_accepts_a_good_file_and_artifacts_can_use_it(tmp_path, dataset_dir):
+  mean, std = np.arange(262.0), np.linspace(0.5, 2.0, 262)
+  path = _save_stats(tmp_path / 'published.npz', mean, std)
+  got = pipeline.load_artifacts(dataset_dir, stats_file=str(path))
+  np.testing.assert_array_equal(got.mean, mean.astype(np.float32))
+  np.testing.assert_array_equal(got.std, std.astype(np.float32))
+  x = np.random.default_rng(0).normal(size=(3, 262)).astype(np.float32)
+  # float32 round trip through a mean of up to 261: a few ulps of 261.
+  np.testing.assert_allclose(got.denormalise(got.normalise(x)), x, atol=1e-4)
+
+
+def test_data_source_on_an_unbuilt_folder_says_how_to_build(tmp_path):
+  with pytest.raises(FileNotFoundError, match=r'dataset_info\.json.*data_pipelines\.prepare'):
+    pipeline.data_source(tmp_path, 'train')
+
+
+def test_data_source_unknown_split(dataset_dir):
+  with pytest.raises(ValueError, match=r"no split 'training'.*'train'"):
+    pipeline.data_source(dataset_dir, 'training')
+
+
+def test_loader_for_a_split_smaller_than_one_batch_raises(dataset_dir, artifacts):
+  size = len(pipeline.data_source(dataset_dir, 'val'))
+  with pytest.raises(ValueError, match=rf"'val' has {size} examples"):
+    _loader(dataset_dir, artifacts, split='val', batch_size=size + 1)
+  with pytest.raises(ValueError, match='fewer than one global batch'):
+    _loader(dataset_dir, artifacts, split='val', batch_size=size, shard_count=2)
