@@ -13,6 +13,7 @@ import pathlib
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from finedual_jax import generation
 from finedual_jax import trainer
@@ -31,6 +32,8 @@ _OUT = flags.DEFINE_string('out_dir', '', 'Output folder (default WORKDIR/sample
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO; keep the output readable.
+    logging.set_verbosity(logging.WARNING)
   try:
     prompt = generation.Prompt.from_text(_TEXT.value or '', _PERSON1.value, _PERSON2.value)
     config, model, state, artifacts, schedule = trainer.load_trained(_WORKDIR.value, _STEP.value)

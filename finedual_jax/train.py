@@ -11,6 +11,7 @@ import importlib.util
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from finedual_jax import trainer
@@ -25,6 +26,8 @@ _WORKDIR = flags.DEFINE_string('workdir', 'finedual_run', 'Where checkpoints, lo
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO; keep the output readable.
+    logging.set_verbosity(logging.WARNING)
   summary = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   print(f'done: step {summary["step"]}, loss {summary["metrics"].get("total", float("nan")):.4f}; '
         f'workdir {summary["workdir"]}')

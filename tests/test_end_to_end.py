@@ -1,0 +1,114 @@
+"""The quick-start path at a tiny size: build data, train on 8 devices, checkpoint, restore,
+resume, sample and render, through the library and through the command lines."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from experiments import default
+from finedual_jax import trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run')
+  config = default.get_config('size=tiny')
+  summary = trainer.train_and_evaluate(config, workdir)
+  return config, workdir, summary
+
+
+def test_training_writes_checkpoints_metrics_and_a_rendered_sample(run):
+  config, workdir, summary = run
+  assert jax.device_count() == 8  # The tiny run used the 8 fake devices (parallel.num_devices=0).
+  assert summary['step'] == config.train.num_steps
+  assert np.isfinite(summary['metrics']['total'])
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps[-1] == config.train.num_steps
+  logged = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in logged] == list(
+      range(config.train.log_every, config.train.num_steps + 1, config.train.log_every))
+  assert {'total', 'simple', 'velocity', 'grad_norm'} <= set(logged[-1])
+  record = summary['samples'][0]
+  positions = np.load(record['positions'])
+  assert positions.shape == (2, config.sample.length, 22, 3) and np.all(np.isfinite(positions))
+  assert np.load(record['features']).shape == (2, config.sample.length, 262)
+  with Image.open(record['gif']) as gif:
+    assert gif.n_frames == config.sample.length
+  assert Image.open(record['png']).size[0] > 0
+  index = json.loads((pathlib.Path(record['gif']).parent / 'samples.json').read_text())
+  assert index['samples'][0]['text'] == config.sample.text
+
+
+def test_restored_checkpoint_equals_the_trained_state_and_samples_deterministically(run):
+  config, workdir, summary = run
+  config2, model, state, artifacts, schedule = trainer.load_trained(workdir)
+  assert config2.to_dict() == config.to_dict()
+  assert int(state.step) == config.train.num_steps
+  from finedual_jax import generation
+  sample_fn = generation.make_sampler(model, schedule, w_overall=2.0, w_individual=1.0,
+                                      ddim_steps=4)
+  prompt = generation.Prompt.from_text('Two people bow to each other.')
+  kwargs = dict(length=20, max_len=config.data.max_len, max_text_len=config.data.max_text_len)
+  a = generation.generate(sample_fn, state.ema_params, artifacts, [prompt], seed=3, **kwargs)
+  b = generation.generate(sample_fn, state.ema_params, artifacts, [prompt], seed=3, **kwargs)
+  c = generation.generate(sample_fn, state.ema_params, artifacts, [prompt], seed=4, **kwargs)
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+  with pytest.raises(ValueError, match='length'):
+    generation.generate(sample_fn, state.ema_params, artifacts, [prompt], seed=0,
+                        length=config.data.max_len + 1, max_len=config.data.max_len,
+                        max_text_len=config.data.max_text_len)
+
+
+def test_training_resumes_from_the_latest_checkpoint(run, capsys):
+  config, workdir, summary = run
+  config = default.get_config('size=tiny')
+  config.train.num_steps += 2
+  config.sample.text = ''
+  resumed = trainer.train_and_evaluate(config, workdir)
+  assert resumed['step'] == config.train.num_steps
+  assert f'resumed from' in capsys.readouterr().out
+
+
+def _cli(module, *args, env_extra=None):
+  env = dict(os.environ, XLA_FLAGS='', **(env_extra or {}))
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_sample_cli_writes_files_and_rejects_bad_input(run, tmp_path):
+  config, workdir, summary = run
+  out = tmp_path / 'out'
+  ok = _cli('finedual_jax.sample', f'--workdir={workdir}', '--text=Two people hug.',
+            f'--out_dir={out}', '--length=16')
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  assert 'rule-based' in ok.stdout
+  assert len(list(out.glob('*.gif'))) == 1 and (out / 'samples.json').is_file()
+  empty = _cli('finedual_jax.sample', f'--workdir={workdir}', '--text=  ')
+  assert empty.returncode != 0 and 'empty' in empty.stderr
+  missing = _cli('finedual_jax.sample', f'--workdir={tmp_path / "nothing"}', '--text=Two people hug.')
+  assert missing.returncode != 0 and 'no checkpoint' in missing.stderr
+  too_long = _cli('finedual_jax.sample', f'--workdir={workdir}', '--text=Two people hug.',
+                  f'--length={config.data.max_len + 1}')
+  assert too_long.returncode != 0 and 'length must be between' in too_long.stderr
+
+
+def test_train_cli_runs_the_tiny_config(tmp_path):
+  result = _cli('finedual_jax.train', '--config=experiments/default.py:size=tiny',
+                f'--workdir={tmp_path}', '--config.train.num_steps=2',
+                '--config.train.log_every=1', '--config.sample.length=8')
+  assert result.returncode == 0, result.stderr[-3000:]
+  for needle in ('data:', 'checkpoints:', 'sample gif:', 'steps/s', 'ETA'):
+    assert needle in result.stdout, result.stdout
+  bad = _cli('finedual_jax.train', '--config=experiments/default.py:size=huge',
+             f'--workdir={tmp_path / "bad"}')
+  assert bad.returncode != 0 and 'size' in bad.stderr
