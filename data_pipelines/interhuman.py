@@ -185,6 +185,7 @@ def _mirror_example(example: dict) -> dict:
 
 def build(manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path) -> pathlib.Path:
   """Converts the InterHuman folder ``manual_dir`` into TFDS under ``data_dir``; returns its path."""
+  tfds.disable_progress_bar()  # Its carriage-return bars garble logs; we print the result.
   builder = InterHuman(data_dir=str(data_dir), file_format='array_record')
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))

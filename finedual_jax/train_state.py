@@ -36,5 +36,15 @@ def create(params: Any, tx: optax.GradientTransformation, rng: jax.Array) -> Tra
                     ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), rng=rng)
 
 
-def ema_update(ema: Any, params: Any, decay: float) -> Any:
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """EMA decay with warm-up, ``min(decay, (1 + step) / (10 + step))``.
+
+  Without the warm-up a short run's average is dominated by the initial weights (0.999**800
+  = 0.45), whose zero-initialised head predicts nothing.
+  """
+  step = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema: Any, params: Any, decay: jax.Array) -> Any:
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)

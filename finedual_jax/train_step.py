@@ -66,7 +66,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
-        ema_params=train_state_lib.ema_update(state.ema_params, params, ema_decay))
+        ema_params=train_state_lib.ema_update(
+            state.ema_params, params, train_state_lib.ema_decay_at(state.step, ema_decay)))
     metrics = dict(terms, grad_norm=optax.tree.norm(grads))
     return new_state, metrics
 

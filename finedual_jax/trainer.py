@@ -178,10 +178,10 @@ def load_trained(workdir: str | pathlib.Path, step: int | None = None):
     raise FileNotFoundError(f'no checkpoint in {checkpointer.directory}; train first with '
                             f'python -m finedual_jax.train --workdir {workdir}')
   config = generation.config_from_dict(checkpointer.restore_config(step))
-  dataset_dir = (pathlib.Path(config.data.dataset_dir) if config.data.source == 'tfds'
-                 else workdir / 'data' / 'tfds')
-  if config.data.source != 'tfds':
-    dataset_dir = _built_dataset_dir(dataset_dir)
+  if config.data.source == 'tfds':
+    dataset_dir = pathlib.Path(config.data.dataset_dir)
+  else:
+    dataset_dir = _built_dataset_dir(workdir / 'data' / 'tfds')
   artifacts = pipeline.load_artifacts(dataset_dir, config.data.stats_file)
   model = build_model(config.model, vocab_size=artifacts.tokenizer.vocab_size,
                       max_text_len=config.data.max_text_len)
