@@ -119,8 +119,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   metrics: dict[str, float] = {}
   tick, tick_step = time.perf_counter(), start
   batches = iter(loader)
+  batch = parallel.to_device(next(batches), mesh) if start < config.train.num_steps else None
   for step in range(start + 1, config.train.num_steps + 1):
-    state, device_metrics = step_fn(state, parallel.to_device(next(batches), mesh))
+    state, device_metrics = step_fn(state, batch)
+    if step < config.train.num_steps:  # Read the next batch while the step runs.
+      batch = parallel.to_device(next(batches), mesh)
     # Blocking every step keeps CPU collectives from piling up (DESIGN §7) and checks the loss.
     metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     if not np.isfinite(metrics['total']):
