@@ -72,11 +72,12 @@ def test_masked_losses_are_per_example_means():
   x0 = jnp.zeros((2, 4, 2, 262))
   pred = x0.at[0].set(1.0).at[1, 2:].set(100.0)  # Example 1's error sits on padding only.
   mask = jnp.array([[1, 1, 1, 1], [1, 1, 0, 0]], jnp.float32)
-  terms = losses.diffusion_losses(pred, x0, mask, jnp.array([0, 0]), jnp.zeros(262), jnp.ones(262),
-                                  velocity_weight=30.0, geometric_max_t=700)
+  weights = {'simple': 1.0, 'velocity': 30.0}
+  terms = losses.training_losses(pred, x0, mask, jnp.array([0, 0]), jnp.zeros(262), jnp.ones(262),
+                                 weights, 700)
   np.testing.assert_allclose(float(terms['simple']), 0.5)  # (1 + 0) / 2 examples.
   np.testing.assert_allclose(float(terms['total']),
                              float(terms['simple'] + 30.0 * terms['velocity']), rtol=1e-6)
-  late = losses.diffusion_losses(pred, x0, mask, jnp.array([900, 900]), jnp.zeros(262),
-                                 jnp.ones(262), velocity_weight=30.0, geometric_max_t=700)
+  late = losses.training_losses(pred, x0, mask, jnp.array([900, 900]), jnp.zeros(262),
+                                jnp.ones(262), weights, 700)
   assert float(late['velocity']) == 0.0
