@@ -49,9 +49,9 @@ def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: f
   def sample(params, noise, mask, text_tokens, person_tokens):
     def denoise(x_t, t, drop_overall, drop_individual):
       reps = x_t.shape[0] // noise.shape[0]
-      x0 = model.apply({'params': params}, x_t, t, jnp.tile(mask, (reps, 1)),
-                       jnp.tile(text_tokens, (reps, 1)), jnp.tile(person_tokens, (reps, 1, 1)),
-                       drop_overall, drop_individual, deterministic=True)
+      x0, _ = model.apply({'params': params}, x_t, t, jnp.tile(mask, (reps, 1)),
+                          jnp.tile(text_tokens, (reps, 1)), jnp.tile(person_tokens, (reps, 1, 1)),
+                          drop_overall, drop_individual, deterministic=True)
       return x0 * jnp.tile(mask, (reps, 1))[:, :, None, None]
 
     guided = sampler_lib.guided_denoiser(denoise, w_overall, w_individual)

@@ -7,7 +7,7 @@ averaged over ``parallel.DATA_AXIS``.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,7 @@ from finedual_jax import train_state as train_state_lib
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.diffusion import losses as losses_lib
 from finedual_jax.diffusion.schedule import Schedule, q_sample
+from finedual_jax.motion import body_parts
 
 
 def condition_dropout(u: jax.Array, p: float) -> tuple[jax.Array, jax.Array]:
@@ -27,10 +28,44 @@ def condition_dropout(u: jax.Array, p: float) -> tuple[jax.Array, jax.Array]:
   return both | ((u >= p) & (u < 2 * p)), both | ((u >= 2 * p) & (u < 3 * p))
 
 
+def auxiliary_losses(aux: Mapping[str, jax.Array], x0: jax.Array, mask: jax.Array,
+                     drop_overall: jax.Array, drop_individual: jax.Array, mean: jax.Array,
+                     std: jax.Array, weights: Mapping[str, float],
+                     nce_temperature: float) -> dict[str, jax.Array]:
+  """FineDual's terms from the model's auxiliary outputs (those with a non-zero weight).
+
+  The distance target is computed from the clean motion; the contrastive terms use the whole
+  global batch as negatives and leave out examples whose text was dropped for guidance.
+  """
+  terms = {}
+  if weights.get('distance_regression', 0.0) and 'part_distances' in aux:
+    positions = losses_lib.joint_positions(x0 * std + mean)  # [B, T, 2, 22, 3]
+    target = body_parts.part_distances(positions[:, :, 0], positions[:, :, 1])
+    terms['distance_regression'] = losses_lib.distance_regression(aux['part_distances'], target,
+                                                                  mask)
+  if weights.get('individual_nce', 0.0) and 'individual_motion' in aux:
+    embed_dim = aux['individual_motion'].shape[-1]
+    terms['individual_nce'] = losses_lib.info_nce(
+        aux['individual_motion'].reshape(-1, embed_dim),
+        aux['individual_text'].reshape(-1, embed_dim), nce_temperature,
+        valid=~jnp.repeat(drop_individual, 2), axis_name=parallel.DATA_AXIS)
+  if weights.get('overall_nce', 0.0) and 'overall_motion' in aux:
+    terms['overall_nce'] = losses_lib.info_nce(
+        aux['overall_motion'], aux['overall_text'], nce_temperature, valid=~drop_overall,
+        axis_name=parallel.DATA_AXIS)
+  return terms
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: Schedule, *,
-                    mean: jax.Array, std: jax.Array, cond_drop_p: float, velocity_weight: float,
-                    geometric_max_t: int, ema_decay: float) -> Callable:
-  """Returns ``step(state, batch) -> (state, metrics)`` to run per device."""
+                    mean: jax.Array, std: jax.Array, cond_drop_p: float,
+                    loss_weights: Mapping[str, float], geometric_max_t: int,
+                    nce_temperature: float, ema_decay: float) -> Callable:
+  """Returns ``step(state, batch) -> (state, metrics)`` to run per device.
+
+  ``loss_weights`` name every term (``losses.INTERGEN_WEIGHTS`` plus FineDual's
+  ``distance_regression``, ``individual_nce`` and ``overall_nce``); 0 switches one off.
+  """
+  weights = dict(loss_weights)
 
   def step(state: train_state_lib.TrainState, batch: dict[str, jax.Array]):
     x0 = batch[batch_lib.MOTION]
@@ -50,13 +85,16 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
     x_t = q_sample(schedule, x0, t, noise) * batch[batch_lib.MASK][:, :, None, None]
 
     def loss_fn(params):
-      pred = model.apply({'params': params}, x_t, t, batch[batch_lib.MASK],
-                         batch[batch_lib.TEXT_TOKENS], batch[batch_lib.PERSON_TOKENS],
-                         drop_overall, drop_individual, deterministic=False,
-                         rngs={'dropout': dropout_rng})
-      terms = losses_lib.diffusion_losses(pred, x0, batch[batch_lib.MASK], t, mean, std,
-                                          velocity_weight=velocity_weight,
-                                          geometric_max_t=geometric_max_t)
+      pred, aux = model.apply({'params': params}, x_t, t, batch[batch_lib.MASK],
+                              batch[batch_lib.TEXT_TOKENS], batch[batch_lib.PERSON_TOKENS],
+                              drop_overall, drop_individual, deterministic=False,
+                              rngs={'dropout': dropout_rng})
+      extra = auxiliary_losses(aux, x0, batch[batch_lib.MASK], drop_overall, drop_individual,
+                               mean, std, weights, nce_temperature)
+      # Weighted terms the model cannot produce (a baseline has no aux) are left out.
+      usable = {k: v for k, v in weights.items() if k in losses_lib.MOTION_TERMS or k in extra}
+      terms = losses_lib.training_losses(pred, x0, batch[batch_lib.MASK], t, mean, std, usable,
+                                         geometric_max_t, extra)
       return terms['total'], terms
 
     grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)

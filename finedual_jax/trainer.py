@@ -48,6 +48,12 @@ def init_params(model, config: ml_collections.ConfigDict, rng: jax.Array) -> Any
                     dummy[batch_lib.PERSON_TOKENS])['params']
 
 
+def loss_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
+  """``config.losses`` without its non-weight fields."""
+  return {k: float(v) for k, v in config.losses.items()
+          if k not in ('geometric_max_t', 'nce_temperature')}
+
+
 def make_optimizer(config: ml_collections.ConfigDict):
   return train_state_lib.make_optimizer(total_steps=config.train.num_steps, **config.optimizer)
 
@@ -105,8 +111,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   step_fn = parallel.data_parallel(train_step_lib.make_train_step(
       model, tx, schedule, mean=jnp.asarray(artifacts.mean), std=jnp.asarray(artifacts.std),
-      cond_drop_p=config.diffusion.cond_drop_p, velocity_weight=config.diffusion.velocity_weight,
-      geometric_max_t=config.diffusion.geometric_max_t, ema_decay=config.train.ema_decay), mesh)
+      cond_drop_p=config.diffusion.cond_drop_p, loss_weights=loss_weights(config),
+      geometric_max_t=config.losses.geometric_max_t,
+      nce_temperature=config.losses.nce_temperature, ema_decay=config.train.ema_decay), mesh)
 
   start = int(state.step)
   loader = pipeline.make_loader(

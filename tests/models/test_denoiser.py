@@ -1,76 +1,143 @@
-"""Denoiser shapes, person-swap equivariance, padding invariance and conditioning."""
+"""Every denoiser (FineDual, its ablations, the baselines): shapes, person-swap equivariance,
+padding invariance, conditioning, and the auxiliary outputs the losses need."""
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from finedual_jax.models.denoiser import FineDualDenoiser
+from experiments import finedual
+from finedual_jax.models import factory
 
 B, T, L, V = 2, 12, 8, 50
+VARIANTS = {
+    'finedual': dict(name='finedual'),
+    'no_distance': dict(name='finedual', use_distance_predictor=False),
+    'no_graph': dict(name='finedual', use_graph=False),
+    'no_refinement': dict(name='finedual', use_refinement=False),
+    'intergen': dict(name='intergen', num_layers=2),
+    'in2in': dict(name='in2in', num_layers=2),
+}
+TINY = dict(width=32, num_heads=2, ff_dim=64, text_width=32, text_layers=1, text_heads=2,
+            dropout=0.0)
+TINY_FINEDUAL = dict(TINY, graph_hidden=16, embed_dim=16, graph_rounds=1)
 
 
-@pytest.fixture(scope='module')
-def setup():
-  model = FineDualDenoiser(vocab_size=V, width=32, num_heads=2, ff_dim=64, text_width=32,
-                           text_layers=1, text_heads=2, max_text_len=L)
-  keys = jax.random.split(jax.random.key(0), 4)
+def _model(variant):
+  fields = dict(VARIANTS[variant])
+  extra = TINY_FINEDUAL if fields['name'] == 'finedual' else TINY
+  return factory.build_model(ml_collections.ConfigDict(dict(extra, **fields)), vocab_size=V,
+                             max_text_len=L)
+
+
+def _inputs():
+  keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], (B, T, 2, 262))
   t = jnp.array([10, 700])
   mask = jnp.ones((B, T)).at[1, 9:].set(0.0)
   text = jax.random.randint(keys[1], (B, L), 4, V).at[:, 6:].set(0)
   persons = jax.random.randint(keys[2], (B, 2, L), 4, V).at[:, :, 5:].set(0)
-  params = model.init(keys[3], x, t, mask, text, persons)['params']
-  # The head is zero-initialised (the prediction starts at 0); perturb every weight so the
-  # invariance tests see a network that actually mixes its inputs.
+  return x, t, mask, text, persons
+
+
+@pytest.fixture(scope='module', params=sorted(VARIANTS))
+def setup(request):
+  model = _model(request.param)
+  x, t, mask, text, persons = _inputs()
+  params = model.init(jax.random.key(3), x, t, mask, text, persons)['params']
+  # The head is zero-initialised (the prediction starts at 0) and AdaLN gates start closed;
+  # perturb every weight so the invariance tests see a network that mixes its inputs.
   leaves, tree = jax.tree.flatten(params)
   noise = jax.random.split(jax.random.key(9), len(leaves))
   params = jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape)
                                      for p, k in zip(leaves, noise)])
   apply = jax.jit(lambda *a: model.apply({'params': params}, *a))
-  return apply, x, t, mask, text, persons
+  return request.param, apply, (x, t, mask, text, persons)
 
 
-def test_output_shape_and_zero_init_head():
-  model = FineDualDenoiser(vocab_size=V, width=32, num_heads=2, ff_dim=64, text_width=32,
-                           text_layers=1, text_heads=2, max_text_len=L)
-  x = jnp.ones((B, T, 2, 262))
-  args = (x, jnp.zeros((B,), jnp.int32), jnp.ones((B, T)), jnp.ones((B, L), jnp.int32),
-          jnp.ones((B, 2, L), jnp.int32))
-  params = model.init(jax.random.key(0), *args)
-  out = model.apply(params, *args)
-  assert out.shape == (B, T, 2, 262)
-  np.testing.assert_array_equal(np.asarray(out), 0.0)
+def test_output_shape_zero_init_head_and_aux():
+  x, t, mask, text, persons = _inputs()
+  for variant in VARIANTS:
+    model = _model(variant)
+    params = model.init(jax.random.key(0), x, t, mask, text, persons)
+    out, aux = model.apply(params, x, t, mask, text, persons)
+    assert out.shape == (B, T, 2, 262), variant
+    np.testing.assert_array_equal(np.asarray(out), 0.0)
+    if VARIANTS[variant]['name'] != 'finedual':
+      assert aux == {}
+      continue
+    assert aux['individual_motion'].shape == aux['individual_text'].shape == (B, 2, 16)
+    assert aux['overall_motion'].shape == aux['overall_text'].shape == (B, 16)
+    has_distances = variant not in ('no_distance', 'no_graph')
+    assert ('part_distances' in aux) == has_distances, variant
+    if has_distances:
+      assert aux['part_distances'].shape == (B, T, 5, 5)
+      assert np.all(np.asarray(aux['part_distances']) >= 0)
+
+
+def test_ablations_remove_their_parameters():
+  x, t, mask, text, persons = _inputs()
+  names = {}
+  for variant in ('finedual', 'no_distance', 'no_graph', 'no_refinement'):
+    params = _model(variant).init(jax.random.key(0), x, t, mask, text, persons)['params']
+    names[variant] = set(params)
+  assert {'distance', 'graph'} <= names['finedual']
+  assert 'distance' not in names['no_distance'] and 'graph' in names['no_distance']
+  assert not {'distance', 'graph'} & names['no_graph']
+  assert not any(n.startswith('refinement_') for n in names['no_refinement'])
 
 
 def test_swapping_persons_and_their_texts_swaps_the_output(setup):
-  apply, x, t, mask, text, persons = setup
-  out = apply(x, t, mask, text, persons)
-  swapped = apply(x[:, :, ::-1], t, mask, text, persons[:, ::-1])
+  variant, apply, (x, t, mask, text, persons) = setup
+  out, aux = apply(x, t, mask, text, persons)
+  swapped, aux_swapped = apply(x[:, :, ::-1], t, mask, text, persons[:, ::-1])
   np.testing.assert_allclose(np.asarray(swapped), np.asarray(out[:, :, ::-1]), atol=1e-5)
-  # Swapping only the motion (not the texts) is a different input and gives a different output.
-  assert not np.allclose(np.asarray(apply(x[:, :, ::-1], t, mask, text, persons)),
-                         np.asarray(out[:, :, ::-1]), atol=1e-3)
+  if 'part_distances' in aux:  # Person 1's part i to person 2's part j becomes (j, i).
+    np.testing.assert_allclose(np.asarray(aux_swapped['part_distances']),
+                               np.asarray(aux['part_distances']).swapaxes(-1, -2), atol=1e-5)
+  if 'overall_motion' in aux:  # The dual-motion feature does not know who is person 1.
+    np.testing.assert_allclose(np.asarray(aux_swapped['overall_motion']),
+                               np.asarray(aux['overall_motion']), atol=1e-5)
+  # Swapping only the motion (not the texts) is a different input for models that read the
+  # individual texts, and gives a different output.
+  if variant != 'intergen':
+    other, _ = apply(x[:, :, ::-1], t, mask, text, persons)
+    assert not np.allclose(np.asarray(other), np.asarray(out[:, :, ::-1]), atol=1e-3)
 
 
 def test_padding_never_changes_valid_outputs(setup):
-  apply, x, t, mask, text, persons = setup
-  out = apply(x, t, mask, text, persons)
-  x_garbage = x.at[1, 9:].set(1e3)
-  text_garbage = text  # Text padding is id 0 by contract; garbage goes in motion padding only.
-  out2 = apply(x_garbage, t, mask, text_garbage, persons)
+  _, apply, (x, t, mask, text, persons) = setup
+  out, aux = apply(x, t, mask, text, persons)
+  out2, aux2 = apply(x.at[1, 9:].set(1e3), t, mask, text, persons)
   np.testing.assert_allclose(np.asarray(out2[1, :9]), np.asarray(out[1, :9]), atol=1e-4)
   np.testing.assert_allclose(np.asarray(out2[0]), np.asarray(out[0]), atol=1e-5)
+  for key in ('individual_motion', 'overall_motion'):
+    if key in aux:
+      np.testing.assert_allclose(np.asarray(aux2[key]), np.asarray(aux[key]), atol=1e-4)
 
 
 def test_texts_and_condition_dropout_change_the_prediction(setup):
-  apply, x, t, mask, text, persons = setup
-  out = np.asarray(apply(x, t, mask, text, persons))
-  other_text = np.asarray(apply(x, t, mask, text[::-1], persons))
-  assert not np.allclose(out, other_text, atol=1e-3)
+  _, apply, (x, t, mask, text, persons) = setup
+  out = np.asarray(apply(x, t, mask, text, persons)[0])
+  assert not np.allclose(out, np.asarray(apply(x, t, mask, text[::-1], persons)[0]), atol=1e-3)
   yes, no = jnp.ones((B,), bool), jnp.zeros((B,), bool)
-  dropped = np.asarray(apply(x, t, mask, text, persons, yes, no))
+  dropped = np.asarray(apply(x, t, mask, text, persons, yes, no)[0])
   # With the overall text dropped, its content no longer matters.
-  dropped_other = np.asarray(apply(x, t, mask, text[::-1], persons, yes, no))
+  dropped_other = np.asarray(apply(x, t, mask, text[::-1], persons, yes, no)[0])
   np.testing.assert_allclose(dropped, dropped_other, atol=1e-5)
   assert not np.allclose(dropped, out, atol=1e-3)
+
+
+def test_config_parameter_counts_are_stable_and_paper_scale_is_intergen_sized():
+  """Counts from shapes only; a change to an architecture shows up here on purpose."""
+  counts = {}
+  for size in ('tiny', 'small', 'paper'):
+    config = finedual.get_config(f'size={size}')
+    model = factory.build_model(config.model, vocab_size=1000,
+                                max_text_len=config.data.max_text_len)
+    counts[size] = factory.count_parameters(model, max_len=config.data.max_len,
+                                            max_text_len=config.data.max_text_len)
+  assert counts['tiny'] < counts['small'] < counts['paper']
+  # InterGen's denoiser (8 blocks of width 1024) has on the order of 10^8 parameters.
+  assert 5e7 < counts['paper'] < 4e8, counts

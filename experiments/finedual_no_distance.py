@@ -1,0 +1,9 @@
+"""FineDual ablation `no_distance`: ``experiments/finedual_no_distance.py:size=paper,dataset=interhuman``."""
+
+from __future__ import annotations
+
+from experiments import finedual
+
+
+def get_config(arg: str | None = None):
+  return finedual.get_config(','.join(filter(None, [arg, 'ablation=no_distance'])))
