@@ -141,3 +141,17 @@ def test_config_parameter_counts_are_stable_and_paper_scale_is_intergen_sized():
   assert counts['tiny'] < counts['small'] < counts['paper']
   # InterGen's denoiser (8 blocks of width 1024) has on the order of 10^8 parameters.
   assert 5e7 < counts['paper'] < 4e8, counts
+
+
+def test_param_counts_command_covers_every_experiment_and_ablations_shrink_the_model(capsys):
+  from experiments import param_counts
+  table = param_counts.counts()
+  for size in ('tiny', 'small', 'paper'):
+    full = table['finedual', size]
+    assert table['finedual_no_alignment', size] == full  # A loss weight, not a module.
+    for ablation in ('no_distance', 'no_graph', 'no_refinement'):
+      assert table[f'finedual_{ablation}', size] < full, (ablation, size)
+    assert table['intergen', size] == table['in2in', size]  # Same blocks, other conditions.
+  param_counts.main()
+  out = capsys.readouterr().out
+  assert all(name in out for name in param_counts.EXPERIMENTS)
