@@ -155,3 +155,21 @@ def test_param_counts_command_covers_every_experiment_and_ablations_shrink_the_m
   param_counts.main()
   out = capsys.readouterr().out
   assert all(name in out for name in param_counts.EXPERIMENTS)
+
+
+def test_batched_guidance_equals_separate_passes(setup):
+  from finedual_jax.diffusion import sampler
+  _, apply, (x, t, mask, text, persons) = setup
+  yes, no = jnp.ones((B,), bool), jnp.zeros((B,), bool)
+
+  def denoise(x_t, t_, drop_overall, drop_individual):
+    reps = x_t.shape[0] // B
+    return apply(x_t, t_, jnp.tile(mask, (reps, 1)), jnp.tile(text, (reps, 1)),
+                 jnp.tile(persons, (reps, 1, 1)), drop_overall, drop_individual)[0]
+
+  guided = sampler.guided_denoiser(denoise, w_overall=2.5, w_individual=1.5)(x, t)
+  uncond = apply(x, t, mask, text, persons, yes, yes)[0]
+  overall = apply(x, t, mask, text, persons, no, yes)[0]
+  individual = apply(x, t, mask, text, persons, yes, no)[0]
+  expected = uncond + 2.5 * (overall - uncond) + 1.5 * (individual - uncond)
+  np.testing.assert_allclose(np.asarray(guided), np.asarray(expected), atol=1e-4)
