@@ -5,7 +5,7 @@
 
 Sized so that the sampled interaction is recognisable (hands meet in a handshake, both bend in
 a bow, gaits in a side-by-side walk) after 1,500 steps of batch 16 on 3-second windows: about
-9 minutes end to end on a 2-core CPU (3 steps/s), less with more cores. Variants:
+13-15 minutes end to end on a 2-core CPU (about 2 steps/s), less with more cores. Variants:
 ``size=small`` (default) or ``size=tiny`` (seconds, for tests and smoke runs).
 """
 
