@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -173,7 +172,6 @@ def sample_after_training(config, workdir, state, model, schedule, artifacts) ->
   generation.write_index(out_dir, [record], step=int(state.step), seed=config.sample.seed)
   for key in ('gif', 'png', 'positions'):
     print(f'sample {key}: {record[key]}', flush=True)
-  sys.stdout.flush()
   return [record]
 
 
