@@ -4,28 +4,46 @@ The user's download is the manual directory::
 
     ROOT/annots/<id>.txt, ROOT/motions_processed/person{1,2}/<id>.npy,
     ROOT/split/{train,val,test}.txt, ROOT/split/ignore_list.txt,
-    ROOT/annots_individual/person{1,2}/<id>.txt   (optional per-person texts)
+    ROOT/annots_individual/person{1,2}/<id>.txt   (optional per-person texts, in2IN's layout)
 
 Each example keeps both persons' used raw columns (body positions and local 6D rotations) in
 the y-up world frame, uncropped: cropping and canonicalisation happen at read time so that the
 canonical frame follows the crop. Every training clip also appears mirrored.
+
+Per-person texts come, per caption, from the first of: decomposition JSONL files
+(``finedual_jax.data.decompositions``), ``annots_individual/``, the rule-based split.
+
+Bad input is either a clear error naming the file and the problem (``on_error='strict'``, the
+default) or a skip recorded in the build report (``on_error='skip'``), which ``build`` writes as
+``build_report.json`` beside the records and summarises. Clips shorter than 15 frames are
+skipped (and recorded) in both modes, as the reference loader drops them. ``build`` works in a
+staging folder and moves the finished data set into place, so a failed build leaves nothing.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import json
 import logging
 import pathlib
 import re
+import shutil
+import uuid
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from finedual_jax.data import decompose
+from finedual_jax.data import decompositions as decompositions_lib
 from finedual_jax.motion import features as features_lib
 
 MIN_FRAMES = 15  # Shorter clips are dropped, as the reference loader does.
 SPLITS = ('train', 'val', 'test')
-TEXT_SOURCE_FILE, TEXT_SOURCE_RULE = 'file', 'rule'
+ON_ERROR = ('strict', 'skip')
+REPORT_FILE = 'build_report.json'
+TEXT_SOURCE_JSONL, TEXT_SOURCE_FILE, TEXT_SOURCE_RULE = 'jsonl', 'file', 'rule'
 
 _SIDE_WORDS = re.compile(
     r'\b(counter-?clockwise|anti-?clockwise|clockwise|left|right)(?=(?:wards?|most)?\b)',
@@ -48,20 +66,44 @@ def swap_sides(text: str) -> str:
   return _SIDE_WORDS.sub(replace, text)
 
 
-def _read_lines(path: pathlib.Path) -> list[str]:
-  return [line.strip() for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
+class ClipProblem(ValueError):
+  """One clip cannot be used: the message names the file and says what is wrong."""
+
+  def __init__(self, clip_id: str, path: pathlib.Path, reason: str):
+    super().__init__(f'{path}: {reason}')
+    self.clip_id, self.path, self.reason = clip_id, path, reason
 
 
-def _load_raw(path: pathlib.Path) -> np.ndarray:
-  if not path.is_file():
-    raise FileNotFoundError(f'InterHuman motion file missing: {path}')
+class TooShort(ClipProblem):
+  """A clip under MIN_FRAMES: skipped (and recorded) in both modes, as the reference does."""
+
+
+def read_lines(path: pathlib.Path) -> list[str]:
+  """Non-blank stripped lines of a UTF-8 text file; a ValueError names the file otherwise."""
   try:
-    raw = np.load(path)
-  except ValueError as e:
-    raise ValueError(f'{path}: not a readable .npy array ({e}).') from e
-  if raw.ndim != 2 or raw.shape[1] != 492 or not np.all(np.isfinite(raw)):
-    raise ValueError(f'{path}: expected a finite float array of shape (T, 492), found '
-                     f'shape {raw.shape}{"" if np.all(np.isfinite(raw)) else " with NaN/Inf"}.')
+    text = path.read_text(encoding='utf-8')
+  except UnicodeDecodeError as e:
+    raise ValueError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start}).') from None
+  return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def load_raw(path: pathlib.Path, clip_id: str = '') -> np.ndarray:
+  """One person's raw (T, 492) motion; a ClipProblem says why a file cannot be used."""
+  if not path.is_file():
+    raise ClipProblem(clip_id, path, 'motion file missing (the id is in a split file).')
+  try:
+    raw = np.load(path, allow_pickle=False)
+  except (ValueError, EOFError, OSError) as e:
+    raise ClipProblem(clip_id, path, f'not a readable .npy array ({e}).') from None
+  if not isinstance(raw, np.ndarray) or not np.issubdtype(raw.dtype, np.number):
+    raise ClipProblem(clip_id, path, f'expected a numeric array, found {type(raw).__name__} '
+                      f'of {getattr(raw, "dtype", "?")}.')
+  if raw.ndim != 2 or raw.shape[1] != 492:
+    raise ClipProblem(clip_id, path, f'expected shape (T, 492), found {raw.shape}.')
+  bad = ~np.all(np.isfinite(raw), axis=1)
+  if np.any(bad):
+    raise ClipProblem(clip_id, path, f'{int(bad.sum())} frame(s) with NaN/Inf, the first at '
+                      f'frame {int(np.argmax(bad))}.')
   return raw
 
 
@@ -76,6 +118,88 @@ def check_layout(root: pathlib.Path) -> None:
           'layout (annots/, motions_processed/person1|person2/, split/{train,val,test}.txt).')
 
 
+@dataclasses.dataclass
+class BuildReport:
+  """What a build kept, skipped and where its per-person texts came from."""
+  on_error: str
+  splits: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+  skipped: list[dict] = dataclasses.field(default_factory=list)
+  text_sources: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  decomposition_files: list[str] = dataclasses.field(default_factory=list)
+
+  def skip(self, reason: str, *, clip_id: str = '', path: pathlib.Path | str = '',
+           split: str = '', **extra) -> None:
+    self.skipped.append({'id': clip_id, 'split': split, 'file': str(path), 'reason': reason,
+                         **extra})
+
+  def to_dict(self) -> dict:
+    return {'on_error': self.on_error, 'splits': self.splits, 'skipped': self.skipped,
+            'text_sources': dict(self.text_sources),
+            'decomposition_files': self.decomposition_files}
+
+  def summary(self) -> str:
+    kept = ', '.join(f'{s} {c["clips"]}' + (f' (+{c["mirrored"]} mirrored)' if c['mirrored'] else '')
+                     for s, c in self.splits.items())
+    reasons = collections.Counter(_reason_kind(s['reason']) for s in self.skipped)
+    lines = [f'clips kept: {kept}.',
+             'per-person texts: ' + ', '.join(f'{n} from {source}' for source, n in
+                                              sorted(self.text_sources.items())) + '.']
+    if self.skipped:
+      lines.append(f'skipped {len(self.skipped)}: ' +
+                   '; '.join(f'{n} {kind}' for kind, n in reasons.most_common()) + '.')
+    return '\n'.join(lines)
+
+
+def _reason_kind(reason: str) -> str:
+  """A short family name for a skip reason, for the summary."""
+  return reason.split(':')[0].split('(')[0].strip().rstrip('.')
+
+
+class _PersonTexts:
+  """Resolves the per-person texts of one clip's captions from the configured sources."""
+
+  def __init__(self, root: pathlib.Path, records: Sequence[decompositions_lib.Decomposition],
+               strict: bool, report: BuildReport):
+    self.root, self.strict, self.report = root, strict, report
+    self.records = {r.key: r for r in records}
+
+  def __call__(self, clip_id: str, captions: list[str]):
+    individual = []
+    for p in (1, 2):
+      path = self.root / 'annots_individual' / f'person{p}' / f'{clip_id}.txt'
+      try:
+        individual.append(read_lines(path) if path.is_file() else [])
+      except ValueError as e:
+        raise ClipProblem(clip_id, path, str(e).split(': ', 1)[1]) from None
+    person1, person2, sources = [], [], []
+    for i, caption in enumerate(captions):
+      record = self.records.get((clip_id, i))
+      if record is not None and ' '.join(caption.split()) != record.overall:
+        self._problem(record, f'its overall text {record.overall!r} is not caption {i} of the '
+                      f'clip ({caption!r}); was it made from another version of annots/?')
+        record = None
+      if record is not None:
+        texts, source = (record.person1, record.person2), TEXT_SOURCE_JSONL
+      elif i < len(individual[0]) and i < len(individual[1]):
+        texts, source = (individual[0][i], individual[1][i]), TEXT_SOURCE_FILE
+      else:
+        texts, source = decompose.rule_based_split(caption), TEXT_SOURCE_RULE
+      person1.append(texts[0])
+      person2.append(texts[1])
+      sources.append(source)
+    for index in sorted(i for c, i in self.records if c == clip_id and i >= len(captions)):
+      self._problem(self.records[(clip_id, index)],
+                    f'caption index {index} but the clip has {len(captions)} caption(s)')
+    return person1, person2, sources
+
+  def _problem(self, record: decompositions_lib.Decomposition, reason: str) -> None:
+    where = f'decomposition for clip {record.clip_id!r} caption {record.caption_index}'
+    if self.strict:
+      raise ValueError(f'{where}: {reason}.')
+    self.report.skip(f'decomposition not used: {reason}', clip_id=record.clip_id,
+                     caption_index=record.caption_index)
+
+
 class InterHuman(tfds.core.GeneratorBasedBuilder):
   """InterHuman two-person motions with captions and per-person texts."""
 
@@ -85,6 +209,18 @@ class InterHuman(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Request InterHuman from its authors, unpack it, and pass the folder that holds annots/, '
       'motions_processed/ and split/ as the manual directory.')
+
+  def __init__(self, *, on_error: str = 'strict',
+               decomposition_files: Sequence[str | pathlib.Path] = (), **kwargs):
+    if on_error not in ON_ERROR:
+      raise ValueError(f'on_error: expected one of {ON_ERROR}, found {on_error!r}.')
+    super().__init__(**kwargs)
+    self.report = BuildReport(on_error=on_error,
+                              decomposition_files=[str(f) for f in decomposition_files])
+
+  @property
+  def strict(self) -> bool:
+    return self.report.on_error == 'strict'
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -107,66 +243,109 @@ class InterHuman(tfds.core.GeneratorBasedBuilder):
     root = pathlib.Path(dl_manager.manual_dir)
     check_layout(root)
     ignore_path = root / 'split' / 'ignore_list.txt'
-    ignored = set(_read_lines(ignore_path)) if ignore_path.exists() else set()
-    return {split: self._generate_examples(root, split, ignored) for split in SPLITS}
+    ignored = set(read_lines(ignore_path)) if ignore_path.exists() else set()
+    split_ids = self._split_ids(root)
+    records = self._decompositions(set().union(*split_ids.values()) | ignored)
+    texts = _PersonTexts(root, records, self.strict, self.report)
+    return {split: self._generate_examples(root, split, split_ids[split], ignored, texts)
+            for split in SPLITS}
 
-  def _generate_examples(self, root: pathlib.Path, split: str, ignored: set[str]):
-    stats = {'clips': 0, 'short': 0, 'rule_texts': 0, 'ignored': 0}
-    split_file = root / 'split' / f'{split}.txt'
-    for clip_id in _read_lines(split_file):
+  def _problem(self, message: str, **where) -> None:
+    """Raises in strict mode; records a skip otherwise."""
+    if self.strict:
+      raise ValueError(message)
+    self.report.skip(message, **where)
+
+  def _split_ids(self, root: pathlib.Path) -> dict[str, list[str]]:
+    """Ids per split file, each id once over all splits (a repeat is a problem)."""
+    first_seen, split_ids = {}, {}
+    for split in SPLITS:
+      path = root / 'split' / f'{split}.txt'
+      split_ids[split] = []
+      for number, clip_id in enumerate(read_lines(path), start=1):
+        if clip_id in first_seen:
+          self._problem(f'{path}:{number}: duplicate id {clip_id!r} (first listed in '
+                        f'{first_seen[clip_id]}); each clip belongs to one split once.',
+                        clip_id=clip_id, path=path, split=split)
+          continue
+        first_seen[clip_id] = f'{path.name} line {number}'
+        split_ids[split].append(clip_id)
+    return split_ids
+
+  def _decompositions(self, known_ids: set[str]) -> list[decompositions_lib.Decomposition]:
+    records = {}
+    for path in self.report.decomposition_files:
+      found, problems = decompositions_lib.read_jsonl(path, self.report.on_error)
+      for problem in problems:
+        self.report.skip(f'decomposition line not used: {problem["reason"]}', path=path,
+                         line=problem['line'])
+      for record in found:
+        if record.clip_id not in known_ids:
+          self._problem(f'{path}: decomposition for unknown clip id {record.clip_id!r} (in no '
+                        'split file of the manual directory).', clip_id=record.clip_id,
+                        path=path)
+        elif record.key in records:
+          self._problem(f'{path}: clip {record.clip_id!r} caption {record.caption_index} is '
+                        'also decomposed in an earlier file.', clip_id=record.clip_id, path=path)
+        else:
+          records[record.key] = record
+    return list(records.values())
+
+  def _generate_examples(self, root: pathlib.Path, split: str, clip_ids: list[str],
+                         ignored: set[str], texts: _PersonTexts):
+    counts = self.report.splits.setdefault(
+        split, {'listed': len(clip_ids), 'clips': 0, 'mirrored': 0, 'ignored': 0, 'skipped': 0})
+    for clip_id in clip_ids:
       if clip_id in ignored:
-        stats['ignored'] += 1
+        counts['ignored'] += 1
         continue
-      example = _read_clip(root, clip_id)
-      if example is None:
-        stats['short'] += 1
+      try:
+        example = _read_clip(root, clip_id, texts)
+      except ClipProblem as e:
+        if self.strict and not isinstance(e, TooShort):
+          raise ValueError(f'clip {clip_id}: {e}') from None
+        counts['skipped'] += 1
+        self.report.skip(e.reason, clip_id=clip_id, path=e.path, split=split)
         continue
-      stats['clips'] += 1
-      stats['rule_texts'] += example['person_text_source'].count(TEXT_SOURCE_RULE)
+      except ValueError as e:  # Caption files and decompositions (strict mode only).
+        raise ValueError(f'clip {clip_id}: {e}') from None
+      counts['clips'] += 1
+      self.report.text_sources.update(example['person_text_source'])
       yield clip_id, example
       if split == 'train':
+        counts['mirrored'] += 1
         yield f'{clip_id}_mirror', _mirror_example(example)
-    if not stats['clips']:
-      raise ValueError(f'{split_file}: no usable clip ({stats["ignored"]} ignored, '
-                       f'{stats["short"]} shorter than {MIN_FRAMES} frames); every split needs one.')
-    logging.info('InterHuman %s: %d clips (and as many mirrored copies for train), %d shorter than '
-                 '%d frames dropped, %d captions with rule-based per-person texts.', split,
-                 stats['clips'], stats['short'], MIN_FRAMES, stats['rule_texts'])
+    if not counts['clips']:
+      raise ValueError(f'{root / "split" / f"{split}.txt"}: no usable clip ({counts["ignored"]} '
+                       f'ignored, {counts["skipped"]} skipped); every split needs one.')
+    logging.info('InterHuman %s: %s', split, counts)
 
 
-def _read_clip(root: pathlib.Path, clip_id: str) -> dict | None:
-  """Reads one clip into an example dict (None if it is too short to use)."""
-  raws = [_load_raw(root / 'motions_processed' / f'person{p}' / f'{clip_id}.npy') for p in (1, 2)]
+def _read_clip(root: pathlib.Path, clip_id: str, texts: _PersonTexts) -> dict:
+  """Reads one clip into an example dict; a ClipProblem says why it cannot be used."""
+  paths = [root / 'motions_processed' / f'person{p}' / f'{clip_id}.npy' for p in (1, 2)]
+  raws = [load_raw(path, clip_id) for path in paths]
   if raws[0].shape[0] != raws[1].shape[0]:
-    raise ValueError(f'clip {clip_id}: person1 has {raws[0].shape[0]} frames and person2 has '
-                     f'{raws[1].shape[0]}; both files must have the same length.')
+    raise ClipProblem(clip_id, paths[1], f'person2 has {raws[1].shape[0]} frames and person1 '
+                      f'has {raws[0].shape[0]}; both files must have the same length.')
   if raws[0].shape[0] < MIN_FRAMES:
-    return None
+    raise TooShort(clip_id, paths[0], f'shorter than {MIN_FRAMES} frames '
+                      f'({raws[0].shape[0]}).')
+  annot_path = root / 'annots' / f'{clip_id}.txt'
+  if not annot_path.is_file():
+    raise ClipProblem(clip_id, annot_path, 'caption file missing.')
+  try:
+    captions = read_lines(annot_path)
+  except ValueError as e:
+    raise ClipProblem(clip_id, annot_path, str(e).split(': ', 1)[1]) from None
+  if not captions:
+    raise ClipProblem(clip_id, annot_path, 'no captions (expected one caption per line).')
+  person1, person2, sources = texts(clip_id, captions)
   used = [features_lib.raw_to_used(raw) for raw in raws]
   motion = np.stack([np.concatenate([pos.reshape(-1, 66), rot.reshape(-1, 126)], axis=-1)
                      for pos, rot in used], axis=1).astype(np.float32)
-  annot_path = root / 'annots' / f'{clip_id}.txt'
-  if not annot_path.is_file():
-    raise FileNotFoundError(f'clip {clip_id}: caption file missing: {annot_path}')
-  captions = _read_lines(annot_path)
-  if not captions:
-    raise ValueError(f'{annot_path}: no captions (expected one caption per line).')
-  individual = []
-  for p in (1, 2):
-    path = root / 'annots_individual' / f'person{p}' / f'{clip_id}.txt'
-    individual.append(_read_lines(path) if path.is_file() else [])
-  person_texts = ([], [])
-  sources = []
-  for i, caption in enumerate(captions):
-    if i < len(individual[0]) and i < len(individual[1]):
-      texts, source = (individual[0][i], individual[1][i]), TEXT_SOURCE_FILE
-    else:
-      texts, source = decompose.rule_based_split(caption), TEXT_SOURCE_RULE
-    person_texts[0].append(texts[0])
-    person_texts[1].append(texts[1])
-    sources.append(source)
   return {'clip_id': clip_id, 'motion': motion, 'num_frames': motion.shape[0],
-          'captions': captions, 'person1_texts': person_texts[0], 'person2_texts': person_texts[1],
+          'captions': captions, 'person1_texts': person1, 'person2_texts': person2,
           'person_text_source': sources, 'mirrored': False}
 
 
@@ -183,10 +362,36 @@ def _mirror_example(example: dict) -> dict:
               person2_texts=[swap_sides(t) for t in example['person2_texts']], mirrored=True)
 
 
-def build(manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path) -> pathlib.Path:
-  """Converts the InterHuman folder ``manual_dir`` into TFDS under ``data_dir``; returns its path."""
-  tfds.disable_progress_bar()  # Its carriage-return bars garble logs; we print the result.
-  builder = InterHuman(data_dir=str(data_dir), file_format='array_record')
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-  return pathlib.Path(builder.data_dir)
+def build(manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path, *,
+          on_error: str = 'strict', decomposition_files: Iterable[str | pathlib.Path] = (),
+          finalize: Callable[[pathlib.Path], None] | None = None) -> pathlib.Path:
+  """Converts the InterHuman folder ``manual_dir`` into TFDS under ``data_dir``; returns its path.
+
+  The records, ``build_report.json`` and whatever ``finalize(staged_dir)`` adds (statistics,
+  tokenizer) are written to a staging folder inside ``data_dir`` that replaces the final
+  version folder only when all of it succeeded; on failure the staging folder is removed.
+  """
+  data_dir = pathlib.Path(data_dir)
+  target = data_dir / InterHuman.name / str(InterHuman.VERSION)
+  if target.exists():
+    raise FileExistsError(f'{target} already exists; delete it to build the data set again.')
+  data_dir.mkdir(parents=True, exist_ok=True)
+  staging = data_dir / f'.{InterHuman.name}-incomplete-{uuid.uuid4().hex[:8]}'
+  try:
+    tfds.disable_progress_bar()  # Its carriage-return bars garble logs; we print the result.
+    builder = InterHuman(data_dir=str(staging), file_format='array_record', on_error=on_error,
+                         decomposition_files=list(decomposition_files))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+    staged = pathlib.Path(builder.data_dir)
+    (staged / REPORT_FILE).write_text(json.dumps(builder.report.to_dict(), indent=1),
+                                      encoding='utf-8')
+    if finalize is not None:
+      finalize(staged)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged.rename(target)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  print(f'InterHuman build ({on_error}) -> {target}\n{builder.report.summary()}\n'
+        f'report: {target / REPORT_FILE}')
+  return target

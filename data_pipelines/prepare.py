@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import sys
 import tempfile
+from typing import Sequence
 
 import numpy as np
 
@@ -62,17 +64,26 @@ def build_artifacts(dataset_dir: str | pathlib.Path, *, vocab_size: int) -> None
                                 vocab_size=vocab_size)
 
 
+def is_complete(dataset_dir: pathlib.Path) -> bool:
+  """Whether ``dataset_dir`` holds records, statistics and tokenizer (what training reads)."""
+  return all((dataset_dir / name).is_file() for name in
+             ('dataset_info.json', pipeline.STATS_FILE, pipeline.TOKENIZER_FILE))
+
+
 def prepare(manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path, *,
-            vocab_size: int = 1000) -> pathlib.Path:
+            vocab_size: int = 1000, on_error: str = 'strict',
+            decomposition_files: Sequence[str | pathlib.Path] = ()) -> pathlib.Path:
   """Converts an InterHuman-layout folder and builds the artefacts; returns the data set folder.
 
-  Idempotent: an already complete build is reused as it is.
+  Idempotent: an already complete build is reused as it is (delete it to rebuild with other
+  options). The records, statistics and tokenizer appear together or not at all.
   """
-  dataset_dir = interhuman.build(manual_dir, data_dir)
-  if not ((dataset_dir / pipeline.STATS_FILE).is_file()
-          and (dataset_dir / pipeline.TOKENIZER_FILE).is_file()):
-    build_artifacts(dataset_dir, vocab_size=vocab_size)
-  return dataset_dir
+  dataset_dir = pathlib.Path(data_dir) / interhuman.InterHuman.name / str(interhuman.InterHuman.VERSION)
+  if is_complete(dataset_dir):
+    return dataset_dir
+  return interhuman.build(manual_dir, data_dir, on_error=on_error,
+                          decomposition_files=decomposition_files,
+                          finalize=lambda staged: build_artifacts(staged, vocab_size=vocab_size))
 
 
 def prepare_synthetic(raw_dir: str | pathlib.Path, data_dir: str | pathlib.Path, *, seed: int = 0,
@@ -84,7 +95,7 @@ def prepare_synthetic(raw_dir: str | pathlib.Path, data_dir: str | pathlib.Path,
   return prepare(raw_dir, data_dir, vocab_size=vocab_size)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--manual_dir', required=True, help='InterHuman-layout folder (read).')
   parser.add_argument('--data_dir', required=True, help='TFDS data directory (written).')
@@ -93,14 +104,26 @@ def main(argv=None) -> None:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--clips_per_type', type=int, default=24)
   parser.add_argument('--vocab_size', type=int, default=1000)
+  parser.add_argument('--on_error', choices=interhuman.ON_ERROR, default='strict',
+                      help='strict: stop at the first bad file; skip: leave it out and record it '
+                      f'in {interhuman.REPORT_FILE}')
+  parser.add_argument('--decompositions', action='append', default=[], metavar='JSONL',
+                      help='per-person texts from python -m data_pipelines.llm_decompose '
+                      '(repeatable; they win over annots_individual/ and the rule-based split)')
   args = parser.parse_args(argv)
-  if args.synthetic:
-    path = prepare_synthetic(args.manual_dir, args.data_dir, seed=args.seed,
-                             clips_per_type=args.clips_per_type, vocab_size=args.vocab_size)
-  else:
-    path = prepare(args.manual_dir, args.data_dir, vocab_size=args.vocab_size)
+  try:
+    if args.synthetic:
+      path = prepare_synthetic(args.manual_dir, args.data_dir, seed=args.seed,
+                               clips_per_type=args.clips_per_type, vocab_size=args.vocab_size)
+    else:
+      path = prepare(args.manual_dir, args.data_dir, vocab_size=args.vocab_size,
+                     on_error=args.on_error, decomposition_files=args.decompositions)
+  except (ValueError, OSError) as e:  # Bad input: the message names the file and the problem.
+    print(f'error: {e}', file=sys.stderr)
+    return 2
   print(f'data set ready: {path}')
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

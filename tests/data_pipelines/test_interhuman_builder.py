@@ -292,13 +292,13 @@ def test_a_split_without_usable_clips_names_the_split_file(tmp_path):
   for sub in ('annots', 'motions_processed/person1', 'motions_processed/person2', 'split'):
     (root / sub).mkdir(parents=True)
   rng = np.random.default_rng(0)
-  for clip_id, frames in (('1', 40), ('2', 10)):
+  for clip_id, frames in (('1', 40), ('2', 10), ('3', 40)):
     for person in (1, 2):
       np.save(root / f'motions_processed/person{person}/{clip_id}.npy',
               rng.normal(size=(frames, 492)).astype(np.float32))
     (root / f'annots/{clip_id}.txt').write_text('Two people wave.\n')
   (root / 'split/train.txt').write_text('1\n')
-  (root / 'split/val.txt').write_text('1\n')
+  (root / 'split/val.txt').write_text('3\n')
   (root / 'split/test.txt').write_text('2\n')  # Only a clip shorter than 15 frames.
-  with pytest.raises(ValueError, match=r'test\.txt: no usable clip \(0 ignored, 1 shorter'):
+  with pytest.raises(ValueError, match=r'test\.txt: no usable clip \(0 ignored, 1 skipped'):
     interhuman.build(root, tmp_path / 'tfds')
