@@ -43,7 +43,8 @@ def base_config(size: str, dataset: str) -> ml_collections.ConfigDict:
   config.data.synthetic_seed = 0         # Seed of the synthetic data set.
   config.data.clips_per_type = 3 if tiny else 24  # Synthetic clips per interaction type.
   config.data.vocab_size = 1000          # SentencePiece vocabulary bound (the build may use fewer).
-  config.data.stats_file = ''            # Optional .npz with mean/std to use instead of the build's.
+  config.data.stats_file = ''            # Optional .npz with mean/std, or a mean .npy, to use
+  config.data.stats_std_file = ''        # instead of the build's (with the std .npy here).
   config.data.max_len = 32 if tiny else (300 if paper else 90)  # Feature rows (frames, 30 fps).
   config.data.max_text_len = 32 if not paper else 64  # Tokens per text, BOS/EOS included.
   config.data.swap_before_p = 0.5        # Person swap before canonicalisation.

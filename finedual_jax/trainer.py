@@ -85,7 +85,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   workdir.mkdir(parents=True, exist_ok=True)
   log = (lambda msg: print(msg, flush=True)) if jax.process_index() == 0 else (lambda msg: None)
   dataset_dir = prepare_data(config, workdir)
-  artifacts = pipeline.load_artifacts(dataset_dir, config.data.stats_file)
+  artifacts = pipeline.load_artifacts(dataset_dir, config.data.stats_file,
+                                       config.data.stats_std_file)
   log(f'data: {dataset_dir}')
 
   mesh = parallel.make_mesh(config.parallel.num_devices)
@@ -190,7 +191,8 @@ def load_trained(workdir: str | pathlib.Path, step: int | None = None):
     dataset_dir = pathlib.Path(config.data.dataset_dir)
   else:
     dataset_dir = _built_dataset_dir(workdir / 'data' / 'tfds')
-  artifacts = pipeline.load_artifacts(dataset_dir, config.data.stats_file)
+  artifacts = pipeline.load_artifacts(dataset_dir, config.data.stats_file,
+                                       config.data.stats_std_file)
   model = build_model(config.model, vocab_size=artifacts.tokenizer.vocab_size,
                       max_text_len=config.data.max_text_len)
   tx = make_optimizer(config)

@@ -39,29 +39,55 @@ class Artifacts:
     return (np.asarray(features, np.float64) * self.std + self.mean).astype(np.float32)
 
 
-def load_statistics(path: str | pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-  """Reads ``mean`` and ``std`` (262 each) from an .npz file, checking them."""
-  path = pathlib.Path(path)
+def _read_array(path: pathlib.Path, name: str) -> np.ndarray:
   if not path.is_file():
     raise FileNotFoundError(f'normalisation statistics not found: {path}')
-  with np.load(path) as stats:
-    missing = {'mean', 'std'} - set(stats.files)
-    if missing:
-      raise ValueError(f'{path}: expected arrays "mean" and "std", missing {sorted(missing)}.')
-    mean, std = stats['mean'].astype(np.float32), stats['std'].astype(np.float32)
+  try:
+    return np.load(path, allow_pickle=False)
+  except (ValueError, EOFError, OSError) as e:
+    raise ValueError(f'{path}: not a readable .npy array for "{name}" ({e}).') from None
+
+
+def load_statistics(path: str | pathlib.Path, std_path: str | pathlib.Path = '', *,
+                    feature_dim: int = features_lib.FEATURE_DIM) -> tuple[np.ndarray, np.ndarray]:
+  """Reads and checks ``mean`` and ``std`` (``feature_dim`` each).
+
+  ``path`` is an .npz holding both (what the build writes), or the mean as an .npy file with
+  the std in ``std_path`` (the form in which published statistics are often shared).
+  """
+  path = pathlib.Path(path)
+  if path.suffix == '.npy' or std_path:
+    if not (path.suffix == '.npy' and std_path):
+      raise ValueError(f'statistics from .npy files need both the mean and the std file; found '
+                       f'mean {str(path)!r} and std {str(std_path)!r}.')
+    std_path = pathlib.Path(std_path)
+    mean, std = _read_array(path, 'mean'), _read_array(std_path, 'std')
+    where = {'mean': path, 'std': std_path}
+  else:
+    if not path.is_file():
+      raise FileNotFoundError(f'normalisation statistics not found: {path}')
+    with np.load(path) as stats:
+      missing = {'mean', 'std'} - set(stats.files)
+      if missing:
+        raise ValueError(f'{path}: expected arrays "mean" and "std", missing {sorted(missing)}.')
+      mean, std = stats['mean'], stats['std']
+    where = {'mean': path, 'std': path}
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
   for name, value in (('mean', mean), ('std', std)):
-    if value.shape != (features_lib.FEATURE_DIM,) or not np.all(np.isfinite(value)):
-      raise ValueError(f'{path}: "{name}" must be {features_lib.FEATURE_DIM} finite numbers, '
+    if value.shape != (feature_dim,) or not np.all(np.isfinite(value)):
+      raise ValueError(f'{where[name]}: "{name}" must be {feature_dim} finite numbers, '
                        f'found shape {value.shape}.')
   if np.any(std <= 0):
-    raise ValueError(f'{path}: "std" must be positive; found {np.sum(std <= 0)} entries <= 0.')
+    raise ValueError(f'{where["std"]}: "std" must be positive; found {np.sum(std <= 0)} entries '
+                     '<= 0.')
   return mean, std
 
 
-def load_artifacts(dataset_dir: str | pathlib.Path, stats_file: str = '') -> Artifacts:
-  """Loads a built data set's statistics (or ``stats_file`` instead) and tokenizer."""
+def load_artifacts(dataset_dir: str | pathlib.Path, stats_file: str = '',
+                   stats_std_file: str = '') -> Artifacts:
+  """Loads a built data set's statistics (or ``stats_file`` [+ ``stats_std_file``]) and tokenizer."""
   dataset_dir = pathlib.Path(dataset_dir)
-  mean, std = load_statistics(stats_file or dataset_dir / STATS_FILE)
+  mean, std = load_statistics(stats_file or dataset_dir / STATS_FILE, stats_std_file)
   return Artifacts(dataset_dir, mean, std, Tokenizer(dataset_dir / TOKENIZER_FILE))
 
 

@@ -279,3 +279,28 @@ def test_loader_for_a_split_smaller_than_one_batch_raises(dataset_dir, artifacts
     _loader(dataset_dir, artifacts, split='val', batch_size=size + 1)
   with pytest.raises(ValueError, match='fewer than one global batch'):
     _loader(dataset_dir, artifacts, split='val', batch_size=size, shard_count=2)
+
+
+def test_load_statistics_from_a_pair_of_npy_files(tmp_path, dataset_dir):
+  mean, std = np.arange(262.0), np.linspace(0.5, 2.0, 262)
+  np.save(tmp_path / 'global_mean.npy', mean)
+  np.save(tmp_path / 'global_std.npy', std)
+  got = pipeline.load_artifacts(dataset_dir, str(tmp_path / 'global_mean.npy'),
+                                str(tmp_path / 'global_std.npy'))
+  np.testing.assert_array_equal(got.mean, mean.astype(np.float32))
+  np.testing.assert_array_equal(got.std, std.astype(np.float32))
+
+
+def test_load_statistics_npy_errors_name_the_file(tmp_path):
+  mean_path, std_path = tmp_path / 'mean.npy', tmp_path / 'std.npy'
+  np.save(mean_path, np.zeros(262))
+  with pytest.raises(ValueError, match=r'need both the mean and the std file'):
+    pipeline.load_statistics(mean_path)
+  np.save(std_path, np.ones(261))
+  with pytest.raises(ValueError, match=rf'{std_path}: "std" must be 262 .*\(261,\)'):
+    pipeline.load_statistics(mean_path, std_path)
+  std_path.write_bytes(b'\x93NUMPY truncated')
+  with pytest.raises(ValueError, match=rf'{std_path}: not a readable \.npy array for "std"'):
+    pipeline.load_statistics(mean_path, std_path)
+  with pytest.raises(FileNotFoundError, match='nothing.npy'):
+    pipeline.load_statistics(mean_path, tmp_path / 'nothing.npy')
