@@ -116,19 +116,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       nce_temperature=config.losses.nce_temperature, ema_decay=config.train.ema_decay), mesh)
 
   start = int(state.step)
-  loader = pipeline.make_loader(
-      dataset_dir, 'train', artifacts, batch_size=local_batch, max_len=config.data.max_len,
-      max_text_len=config.data.max_text_len, train=True, seed=config.seed + start,
-      swap_before_p=config.data.swap_before_p, swap_after_p=config.data.swap_after_p,
-      worker_count=config.data.worker_count, shard_index=jax.process_index(),
-      shard_count=jax.process_count())
+
+  def loader(seed: int):
+    return pipeline.make_loader(
+        dataset_dir, 'train', artifacts, batch_size=local_batch, max_len=config.data.max_len,
+        max_text_len=config.data.max_text_len, train=True, seed=seed,
+        swap_before_p=config.data.swap_before_p, swap_after_p=config.data.swap_after_p,
+        worker_count=config.data.worker_count, shard_index=jax.process_index(),
+        shard_count=jax.process_count())
+
+  batches = iter(loader(config.seed))
+  if start:
+    problem = checkpointer.restore_data(batches, start)
+    if problem:  # Still deterministic, but not the batches an uninterrupted run would read.
+      batches = iter(loader(config.seed + start))
+      log(f'warning: {problem}; the input pipeline restarts with seed {config.seed + start}')
   writer = MetricsWriter(workdir)
   metrics: dict[str, float] = {}
   tick, tick_step = time.perf_counter(), start
-  batches = iter(loader)
   batch = parallel.to_device(next(batches), mesh) if start < config.train.num_steps else None
   for step in range(start + 1, config.train.num_steps + 1):
     state, device_metrics = step_fn(state, batch)
+    data_state = batches.get_state()  # Consumed up to this step's batch (saved below).
     if step < config.train.num_steps:  # Read the next batch while the step runs.
       batch = parallel.to_device(next(batches), mesh)
     # Blocking every step keeps CPU collectives from piling up (DESIGN §7) and checks the loss.
@@ -144,7 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           f'{rate:.2f} steps/s | {rate * config.train.batch_size:.1f} examples/s | '
           f'ETA {_format_eta((config.train.num_steps - step) / max(rate, 1e-9))}')
     if step % config.train.checkpoint_every == 0 or step == config.train.num_steps:
-      checkpointer.save(step, state, config_dict)
+      checkpointer.save(step, state, config_dict, data_state)
   checkpointer.wait()
   checkpointer.close()
   summary = {'step': int(state.step), 'metrics': metrics, 'workdir': str(workdir),

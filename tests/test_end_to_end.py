@@ -4,6 +4,7 @@ resume, sample and render, through the library and through the command lines."""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -77,6 +78,48 @@ def test_training_resumes_from_the_latest_checkpoint(run, capsys):
   resumed = trainer.train_and_evaluate(config, workdir)
   assert resumed['step'] == config.train.num_steps
   assert f'resumed from' in capsys.readouterr().out
+
+
+def _resume_from_step_3(run, tmp_path, *, drop_data_state: bool):
+  """A run 'killed' right after checkpoint 3: a workdir holding only that checkpoint, resumed."""
+  config, workdir, _ = run
+  resumed_dir = tmp_path / 'resumed'
+  shutil.copytree(workdir / 'data', resumed_dir / 'data')
+  shutil.copytree(workdir / 'checkpoints' / '3', resumed_dir / 'checkpoints' / '3')
+  if drop_data_state:
+    shutil.rmtree(resumed_dir / 'checkpoints' / '3' / 'data')
+  config = default.get_config('size=tiny')
+  config.sample.text = ''
+  trainer.train_and_evaluate(config, resumed_dir)
+  return resumed_dir
+
+
+def _params_at(workdir, step):
+  return jax.tree.leaves(jax.device_get(trainer.load_trained(workdir, step)[2].params))
+
+
+def test_resumed_run_reads_the_same_batches_and_ends_with_identical_parameters(run, tmp_path):
+  config, workdir, _ = run
+  resumed_dir = _resume_from_step_3(run, tmp_path, drop_data_state=False)
+  for a, b in zip(_params_at(workdir, 6), _params_at(resumed_dir, 6)):
+    np.testing.assert_array_equal(a, b)
+  logged = {r['step']: r for r in map(json.loads, (workdir / 'metrics.jsonl').read_text()
+                                      .splitlines())}
+  resumed = [json.loads(line) for line in (resumed_dir / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in resumed] == [4, 6]
+  for record in resumed:
+    assert record == logged[record['step']]
+
+
+def test_resume_without_a_saved_pipeline_state_warns_and_reseeds(run, tmp_path, capsys):
+  config, workdir, _ = run
+  resumed_dir = _resume_from_step_3(run, tmp_path, drop_data_state=True)
+  out = capsys.readouterr().out
+  assert 'warning: checkpoint 3 has no input-pipeline state' in out
+  assert f'restarts with seed {config.seed + 3}' in out
+  # Different batches, so (almost surely) different parameters.
+  assert any(not np.array_equal(a, b)
+             for a, b in zip(_params_at(workdir, 6), _params_at(resumed_dir, 6)))
 
 
 def _cli(module, *args, env_extra=None):
