@@ -28,13 +28,12 @@ import json
 import logging
 import pathlib
 import re
-import shutil
-import uuid
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipelines import staging
 from finedual_jax.data import decompose
 from finedual_jax.data import decompositions as decompositions_lib
 from finedual_jax.motion import features as features_lib
@@ -368,30 +367,22 @@ def build(manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path, *,
   """Converts the InterHuman folder ``manual_dir`` into TFDS under ``data_dir``; returns its path.
 
   The records, ``build_report.json`` and whatever ``finalize(staged_dir)`` adds (statistics,
-  tokenizer) are written to a staging folder inside ``data_dir`` that replaces the final
-  version folder only when all of it succeeded; on failure the staging folder is removed.
+  tokenizer) appear together or not at all (``staging.build_staged``).
   """
-  data_dir = pathlib.Path(data_dir)
-  target = data_dir / InterHuman.name / str(InterHuman.VERSION)
-  if target.exists():
-    raise FileExistsError(f'{target} already exists; delete it to build the data set again.')
-  data_dir.mkdir(parents=True, exist_ok=True)
-  staging = data_dir / f'.{InterHuman.name}-incomplete-{uuid.uuid4().hex[:8]}'
-  try:
-    tfds.disable_progress_bar()  # Its carriage-return bars garble logs; we print the result.
-    builder = InterHuman(data_dir=str(staging), file_format='array_record', on_error=on_error,
-                         decomposition_files=list(decomposition_files))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-    staged = pathlib.Path(builder.data_dir)
+  report = []
+
+  def finish(builder: InterHuman, staged: pathlib.Path) -> None:
+    report.append(builder.report)
     (staged / REPORT_FILE).write_text(json.dumps(builder.report.to_dict(), indent=1),
                                       encoding='utf-8')
     if finalize is not None:
       finalize(staged)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged.rename(target)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
-  print(f'InterHuman build ({on_error}) -> {target}\n{builder.report.summary()}\n'
+
+  target = staging.build_staged(
+      lambda staging_dir: InterHuman(data_dir=staging_dir, file_format='array_record',
+                                     on_error=on_error,
+                                     decomposition_files=list(decomposition_files)),
+      manual_dir, data_dir, finalize=finish)
+  print(f'InterHuman build ({on_error}) -> {target}\n{report[0].summary()}\n'
         f'report: {target / REPORT_FILE}')
   return target

@@ -36,11 +36,13 @@ from __future__ import annotations
 import collections
 import logging
 import pathlib
+from typing import Callable
 
 import h5py
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipelines import staging
 from finedual_jax.data import decompose
 from finedual_jax.motion import features as features_lib
 from finedual_jax.motion import rotation_features
@@ -250,18 +252,28 @@ class Interx(tfds.core.GeneratorBasedBuilder):
             'person_text_source': [TEXT_SOURCE_RULE] * len(captions), 'mirrored': False}
 
 
+def dataset_subdir(smplx_model: str | pathlib.Path | None) -> pathlib.Path:
+  """Where ``build`` puts the data set inside ``data_dir`` (name/config/version)."""
+  config = POSITIONS if smplx_model is not None else ROTATIONS
+  return pathlib.Path(Interx.name) / config / str(Interx.VERSION)
+
+
 def build(manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path, *,
           smplx_model: str | pathlib.Path | None = None, up_axis: str = 'y',
-          **layout: str) -> pathlib.Path:
+          finalize: Callable[[pathlib.Path], None] | None = None, **layout: str) -> pathlib.Path:
   """Converts the Inter-X folder ``manual_dir`` into TFDS under ``data_dir``; returns its path.
 
   The config follows ``smplx_model``: ``positions`` with a model file, else ``rotations``.
-  ``layout`` may rename the folders (motions_dir, texts_dir, splits_dir).
+  ``layout`` may rename the folders (motions_dir, texts_dir, splits_dir). The records and what
+  ``finalize(staged_dir)`` adds appear together or not at all (``staging.build_staged``).
   """
-  tfds.disable_progress_bar()  # Its carriage-return bars garble logs; we log the result.
   config = POSITIONS if smplx_model is not None else ROTATIONS
-  builder = Interx(data_dir=str(data_dir), config=config, file_format='array_record',
-                   smplx_model=smplx_model, up_axis=up_axis, **layout)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
-  return pathlib.Path(builder.data_dir)
+  if config == ROTATIONS:
+    logging.warning('Inter-X without an SMPL-X model: rotation representation; these losses '
+                    'are off in training: %s.', _POSITION_LOSSES)
+  return staging.build_staged(
+      lambda staging_dir: Interx(data_dir=staging_dir, config=config,
+                                 file_format='array_record', smplx_model=smplx_model,
+                                 up_axis=up_axis, **layout),
+      manual_dir, data_dir,
+      finalize=None if finalize is None else lambda builder, staged: finalize(staged))

@@ -2,6 +2,11 @@
 
     python -m data_pipelines.prepare --manual_dir /path/to/InterHuman --data_dir ~/tensorflow_datasets
     python -m data_pipelines.prepare --synthetic --manual_dir /tmp/synthetic --data_dir /tmp/tfds
+    python -m data_pipelines.prepare --dataset interx --manual_dir /path/to/Inter-X \
+        --data_dir ~/tensorflow_datasets [--smplx_model /path/to/SMPLX_NEUTRAL.npz]
+
+InterHuman options: ``--on_error skip`` leaves bad clips out (recorded in build_report.json)
+instead of stopping; ``--decompositions FILE.jsonl`` (repeatable) supplies LLM per-person texts.
 
 The statistics and the SentencePiece model are artefacts of the build and are written into the
 TFDS version folder beside the records, so they are versioned with them.
@@ -19,21 +24,22 @@ from typing import Sequence
 import numpy as np
 
 from data_pipelines import interhuman
+from data_pipelines import interx
 from data_pipelines import synthetic_interhuman
 from finedual_jax.data import pipeline
 from finedual_jax.data import tokenizer as tokenizer_lib
-from finedual_jax.motion import features as features_lib
 
 
 def compute_statistics(dataset_dir: str | pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
-  """Mean and std [262] of the 262-d features of the whole training split, both persons."""
+  """Mean and std of the features (262 or 138 wide) of the whole training split, both persons."""
   source = pipeline.data_source(dataset_dir, 'train')
-  total = np.zeros(features_lib.FEATURE_DIM)
-  total_sq = np.zeros(features_lib.FEATURE_DIM)
+  representation = pipeline.representation_of(dataset_dir)
+  total = np.zeros(representation.feature_dim)
+  total_sq = np.zeros(representation.feature_dim)
   count = 0
   for i in range(len(source)):
-    feats = features_lib.canonical_pair_features(*pipeline.split_motion(source[i]['motion']))
-    feats = feats.reshape(-1, features_lib.FEATURE_DIM).astype(np.float64)
+    feats = representation.pair_features(source[i]['motion'])
+    feats = feats.reshape(-1, representation.feature_dim).astype(np.float64)
     total += feats.sum(axis=0)
     total_sq += (feats ** 2).sum(axis=0)
     count += feats.shape[0]
@@ -86,6 +92,22 @@ def prepare(manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path, *,
                           finalize=lambda staged: build_artifacts(staged, vocab_size=vocab_size))
 
 
+def prepare_interx(manual_dir: str | pathlib.Path, data_dir: str | pathlib.Path, *,
+                   smplx_model: str | pathlib.Path | None = None, vocab_size: int = 1000,
+                   **layout: str) -> pathlib.Path:
+  """Converts an Inter-X folder (``data_pipelines.interx``) and builds the artefacts.
+
+  With ``smplx_model`` the data set stores joint positions (the 262-d features, every loss);
+  without, the rotation representation (138-d features, position losses off in training).
+  """
+  dataset_dir = pathlib.Path(data_dir) / interx.dataset_subdir(smplx_model)
+  if is_complete(dataset_dir):
+    return dataset_dir
+  return interx.build(manual_dir, data_dir, smplx_model=smplx_model,
+                      finalize=lambda staged: build_artifacts(staged, vocab_size=vocab_size),
+                      **layout)
+
+
 def prepare_synthetic(raw_dir: str | pathlib.Path, data_dir: str | pathlib.Path, *, seed: int = 0,
                       clips_per_type: int = 24, vocab_size: int = 1000) -> pathlib.Path:
   """Generates the synthetic InterHuman-layout data set (if absent) and prepares it."""
@@ -97,7 +119,10 @@ def prepare_synthetic(raw_dir: str | pathlib.Path, data_dir: str | pathlib.Path,
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--manual_dir', required=True, help='InterHuman-layout folder (read).')
+  parser.add_argument('--dataset', choices=('interhuman', 'interx'), default='interhuman',
+                      help='layout of --manual_dir')
+  parser.add_argument('--manual_dir', required=True,
+                      help='the InterHuman or Inter-X download (read only)')
   parser.add_argument('--data_dir', required=True, help='TFDS data directory (written).')
   parser.add_argument('--synthetic', action='store_true',
                       help='generate the synthetic data set into --manual_dir first')
@@ -110,9 +135,19 @@ def main(argv=None) -> int:
   parser.add_argument('--decompositions', action='append', default=[], metavar='JSONL',
                       help='per-person texts from python -m data_pipelines.llm_decompose '
                       '(repeatable; they win over annots_individual/ and the rule-based split)')
+  parser.add_argument('--smplx_model', default=None,
+                      help='Inter-X only: your SMPL-X model file (e.g. SMPLX_NEUTRAL.npz) for joint '
+                      'positions; without it the rotation representation is built')
   args = parser.parse_args(argv)
+  if args.dataset != 'interx' and args.smplx_model:
+    parser.error('--smplx_model is only used with --dataset interx')
+  if args.dataset == 'interx' and (args.decompositions or args.on_error != 'strict'):
+    parser.error('--decompositions and --on_error apply to InterHuman builds only')
   try:
-    if args.synthetic:
+    if args.dataset == 'interx':
+      path = prepare_interx(args.manual_dir, args.data_dir, smplx_model=args.smplx_model,
+                            vocab_size=args.vocab_size)
+    elif args.synthetic:
       path = prepare_synthetic(args.manual_dir, args.data_dir, seed=args.seed,
                                clips_per_type=args.clips_per_type, vocab_size=args.vocab_size)
     else:

@@ -49,7 +49,8 @@ def base_config(size: str, dataset: str) -> ml_collections.ConfigDict:
   config.data.max_text_len = 32 if not paper else 64  # Tokens per text, BOS/EOS included.
   config.data.swap_before_p = 0.5        # Person swap before canonicalisation.
   config.data.swap_after_p = 0.5         # Person swap after canonicalisation.
-  config.data.worker_count = 0           # grain worker processes (0: in the training process).
+  config.data.worker_count = 0           # grain worker processes (0: in the training process);
+                                         # batches depend on it: resume with the same value.
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.num_steps = 1000      # Cosine schedule length.

@@ -15,10 +15,10 @@ import ml_collections
 import numpy as np
 
 from finedual_jax.data import decompose
+from finedual_jax.data import representation as representation_lib
 from finedual_jax.data.pipeline import Artifacts
 from finedual_jax.diffusion import sampler as sampler_lib
 from finedual_jax.diffusion.schedule import Schedule
-from finedual_jax.motion import features as features_lib
 from finedual_jax.motion import render
 
 
@@ -62,7 +62,7 @@ def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: f
 
 def generate(sample_fn, params, artifacts: Artifacts, prompts: Sequence[Prompt], *,
              length: int, max_len: int, max_text_len: int, seed: int) -> np.ndarray:
-  """Samples one motion per prompt; returns de-normalised features [N, 2, length, 262]."""
+  """Samples one motion per prompt; returns de-normalised features [N, 2, length, F]."""
   if not 1 <= length <= max_len:
     raise ValueError(f'length must be between 1 and {max_len} frames (the model\'s maximum), '
                      f'found {length}.')
@@ -73,7 +73,8 @@ def generate(sample_fn, params, artifacts: Artifacts, prompts: Sequence[Prompt],
   n = len(prompts)
   mask = np.zeros((n, max_len), np.float32)
   mask[:, :length] = 1.0
-  noise = jax.random.normal(jax.random.key(seed), (n, max_len, 2, features_lib.FEATURE_DIM))
+  noise = jax.random.normal(jax.random.key(seed),
+                            (n, max_len, 2, artifacts.representation.feature_dim))
   x0 = sample_fn(params, noise, jnp.asarray(mask), jnp.asarray(text_tokens),
                  jnp.asarray(person_tokens))
   x0 = np.asarray(jax.device_get(x0))[:, :length]
@@ -85,12 +86,19 @@ def _slug(text: str, limit: int = 48) -> str:
 
 
 def write_sample(out_dir: str | pathlib.Path, index: int, prompt: Prompt, features: np.ndarray,
-                 *, fps: int = 30) -> dict[str, Any]:
-  """Writes features, joint positions, a GIF and a PNG strip for one sample; returns the paths."""
+                 *, fps: int = 30,
+                 representation: representation_lib.Representation = representation_lib.POSITIONS
+                 ) -> dict[str, Any]:
+  """Writes features, joint positions, a GIF and a PNG strip for one sample; returns the paths.
+
+  With the rotation representation the positions come from the SMPL rest skeleton (for
+  viewing only); the record's ``positions_exact`` says which.
+  """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   stem = f'{index:03d}_{_slug(prompt.text)}'
-  positions = features_lib.feature_positions(features)  # [2, T, 22, 3]
+  representation.check_features(features, 'write_sample features')
+  positions = representation.positions(features)  # [2, T, 22, 3]
   paths = {'features': out_dir / f'{stem}_features.npy',
            'positions': out_dir / f'{stem}_positions.npy',
            'gif': out_dir / f'{stem}.gif', 'png': out_dir / f'{stem}.png'}
@@ -100,7 +108,8 @@ def write_sample(out_dir: str | pathlib.Path, index: int, prompt: Prompt, featur
     os.replace(tmp, paths[key])
   render.render_gif(positions, paths['gif'], title=prompt.text, fps=fps)
   render.render_strip(positions, paths['png'], title=prompt.text)
-  return dict(dataclasses.asdict(prompt), **{k: str(v) for k, v in paths.items()})
+  return dict(dataclasses.asdict(prompt), **{k: str(v) for k, v in paths.items()},
+              representation=representation.name, positions_exact=representation.exact_positions)
 
 
 def write_index(out_dir: str | pathlib.Path, records: list[dict], **extra) -> pathlib.Path:

@@ -48,7 +48,8 @@ def main(argv) -> None:
     raise app.UsageError(str(e)) from None
   out_dir = pathlib.Path(_OUT.value or pathlib.Path(_WORKDIR.value) / 'samples' / 'cli')
   print(f'per-person texts ({prompt.person_source}): 1: {prompt.person1!r}  2: {prompt.person2!r}')
-  record = generation.write_sample(out_dir, 0, prompt, features[0])
+  record = generation.write_sample(out_dir, 0, prompt, features[0],
+                                         representation=artifacts.representation)
   index = generation.write_index(out_dir, [record], step=int(state.step), seed=_SEED.value)
   print(f'wrote {record["gif"]}, {record["png"]} and {index}')
 

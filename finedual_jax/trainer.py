@@ -19,6 +19,7 @@ from finedual_jax import train_state as train_state_lib
 from finedual_jax import train_step as train_step_lib
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import pipeline
+from finedual_jax.data import representation as representation_lib
 from finedual_jax.diffusion.schedule import Schedule
 from finedual_jax.models.factory import build_model
 
@@ -40,17 +41,23 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pa
 
 
 def init_params(model, config: ml_collections.ConfigDict, rng: jax.Array) -> Any:
-  shapes = batch_lib.spec(1, config.data.max_len, config.data.max_text_len)
+  shapes = batch_lib.spec(1, config.data.max_len, config.data.max_text_len, model.feature_dim)
   dummy = {k: jnp.zeros(shape, dtype) for k, (shape, dtype) in shapes.items()}
   return model.init(rng, dummy[batch_lib.MOTION], jnp.zeros((1,), jnp.int32),
                     dummy[batch_lib.MASK], dummy[batch_lib.TEXT_TOKENS],
                     dummy[batch_lib.PERSON_TOKENS])['params']
 
 
-def loss_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
-  """``config.losses`` without its non-weight fields."""
-  return {k: float(v) for k, v in config.losses.items()
-          if k not in ('geometric_max_t', 'nce_temperature')}
+def loss_weights(config: ml_collections.ConfigDict,
+                 representation: representation_lib.Representation = representation_lib.POSITIONS
+                 ) -> dict[str, float]:
+  """``config.losses`` without its non-weight fields; terms that need joint positions are 0
+  when the data set has none (rotation-only Inter-X)."""
+  weights = {k: float(v) for k, v in config.losses.items()
+             if k not in ('geometric_max_t', 'nce_temperature')}
+  if not representation.exact_positions:
+    weights.update({k: 0.0 for k in weights if k in representation_lib.POSITION_TERMS})
+  return weights
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
@@ -92,7 +99,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   mesh = parallel.make_mesh(config.parallel.num_devices)
   local_batch = parallel.local_batch_size(config.train.batch_size, mesh)
   model = build_model(config.model, vocab_size=artifacts.tokenizer.vocab_size,
-                      max_text_len=config.data.max_text_len)
+                      max_text_len=config.data.max_text_len,
+                      feature_dim=artifacts.representation.feature_dim)
   tx = make_optimizer(config)
   schedule = Schedule.cosine(config.diffusion.num_steps)
 
@@ -108,10 +116,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   (workdir / 'config.json').write_text(json.dumps(config_dict, indent=2))
   log(f'model: {config.model.name}, {num_params:,} parameters; devices: {mesh.devices.size} '
       f'({jax.devices()[0].platform}), global batch {config.train.batch_size}')
+  if not artifacts.representation.exact_positions:
+    off = [k for k, v in config.losses.items() if k in representation_lib.POSITION_TERMS and v]
+    log(f'data: {artifacts.representation.name} representation without joint positions; '
+        f'losses off: {", ".join(off) or "none"}')
 
   step_fn = parallel.data_parallel(train_step_lib.make_train_step(
       model, tx, schedule, mean=jnp.asarray(artifacts.mean), std=jnp.asarray(artifacts.std),
-      cond_drop_p=config.diffusion.cond_drop_p, loss_weights=loss_weights(config),
+      cond_drop_p=config.diffusion.cond_drop_p,
+      loss_weights=loss_weights(config, artifacts.representation),
       geometric_max_t=config.losses.geometric_max_t,
       nce_temperature=config.losses.nce_temperature, ema_decay=config.train.ema_decay), mesh)
 
@@ -178,7 +191,8 @@ def sample_after_training(config, workdir, state, model, schedule, artifacts) ->
   if jax.process_index() != 0:
     return []
   out_dir = workdir / 'samples' / f'step_{int(state.step)}'
-  record = generation.write_sample(out_dir, 0, prompt, features[0])
+  record = generation.write_sample(out_dir, 0, prompt, features[0],
+                                         representation=artifacts.representation)
   generation.write_index(out_dir, [record], step=int(state.step), seed=config.sample.seed)
   for key in ('gif', 'png', 'positions'):
     print(f'sample {key}: {record[key]}', flush=True)
@@ -203,7 +217,8 @@ def load_trained(workdir: str | pathlib.Path, step: int | None = None):
   artifacts = pipeline.load_artifacts(dataset_dir, config.data.stats_file,
                                        config.data.stats_std_file)
   model = build_model(config.model, vocab_size=artifacts.tokenizer.vocab_size,
-                      max_text_len=config.data.max_text_len)
+                      max_text_len=config.data.max_text_len,
+                      feature_dim=artifacts.representation.feature_dim)
   tx = make_optimizer(config)
   abstract = jax.eval_shape(lambda: train_state_lib.create(
       init_params(model, config, jax.random.key(0)), tx, jax.random.key(0)))

@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+from absl import flags
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
 from finedual_jax.data import batch as batch_lib
+from finedual_jax.data import representation as representation_lib
 from finedual_jax.data.tokenizer import Tokenizer
 from finedual_jax.motion import features as features_lib
 
@@ -31,6 +33,7 @@ class Artifacts:
   mean: np.ndarray
   std: np.ndarray
   tokenizer: Tokenizer
+  representation: representation_lib.Representation = representation_lib.POSITIONS
 
   def normalise(self, features: np.ndarray) -> np.ndarray:
     return ((features - self.mean) / self.std).astype(np.float32)
@@ -87,17 +90,31 @@ def load_artifacts(dataset_dir: str | pathlib.Path, stats_file: str = '',
                    stats_std_file: str = '') -> Artifacts:
   """Loads a built data set's statistics (or ``stats_file`` [+ ``stats_std_file``]) and tokenizer."""
   dataset_dir = pathlib.Path(dataset_dir)
-  mean, std = load_statistics(stats_file or dataset_dir / STATS_FILE, stats_std_file)
-  return Artifacts(dataset_dir, mean, std, Tokenizer(dataset_dir / TOKENIZER_FILE))
+  representation = representation_of(dataset_dir)
+  mean, std = load_statistics(stats_file or dataset_dir / STATS_FILE, stats_std_file,
+                              feature_dim=representation.feature_dim)
+  return Artifacts(dataset_dir, mean, std, Tokenizer(dataset_dir / TOKENIZER_FILE),
+                   representation)
+
+
+def _builder(dataset_dir: pathlib.Path):
+  if not (dataset_dir / 'dataset_info.json').is_file():
+    raise FileNotFoundError(f'{dataset_dir} is not a built TFDS data set (no dataset_info.json); '
+                            'build it with python -m data_pipelines.prepare.')
+  return tfds.builder_from_directory(str(dataset_dir))
+
+
+def representation_of(dataset_dir: str | pathlib.Path) -> representation_lib.Representation:
+  """The motion representation a built data set stores (from its ``motion`` feature's width)."""
+  dataset_dir = pathlib.Path(dataset_dir)
+  shape = _builder(dataset_dir).info.features['motion'].shape
+  return representation_lib.from_stored_dim(shape[-1], str(dataset_dir))
 
 
 def data_source(dataset_dir: str | pathlib.Path, split: str):
   """Random-access source over one split of a built TFDS data set (no TensorFlow needed)."""
   dataset_dir = pathlib.Path(dataset_dir)
-  if not (dataset_dir / 'dataset_info.json').is_file():
-    raise FileNotFoundError(f'{dataset_dir} is not a built TFDS data set (no dataset_info.json); '
-                            'build it with python -m data_pipelines.prepare.')
-  builder = tfds.builder_from_directory(str(dataset_dir))
+  builder = _builder(dataset_dir)
   if split not in builder.info.splits:
     raise ValueError(f'{dataset_dir}: no split {split!r}; it has {sorted(builder.info.splits)}.')
   return builder.as_data_source(split=split)
@@ -128,25 +145,24 @@ class MakeExample(grain.transforms.RandomMap):
     self.swap_after_p = swap_after_p if train else 0.0
 
   def random_map(self, element, rng: np.random.Generator):
-    positions, rotations = split_motion(element['motion'])
-    num_frames = positions.shape[1]
+    motion = element['motion']  # [T, 2, stored]
+    num_frames = motion.shape[0]
     window = min(num_frames, self.max_len + 1)  # T frames give T-1 feature rows.
     start = int(rng.integers(0, num_frames - window + 1)) if self.train else 0
-    positions = positions[:, start:start + window]
-    rotations = rotations[:, start:start + window]
+    motion = motion[start:start + window]
     captions = [_text(t) for t in element['captions']]
     index = int(rng.integers(0, len(captions))) if self.train else 0
     texts = [captions[index], _text(element['person1_texts'][index]),
              _text(element['person2_texts'][index])]
     if rng.random() < self.swap_before_p:  # The canonical frame follows the new person 1.
-      positions, rotations = positions[::-1], rotations[::-1]
+      motion = motion[:, ::-1]
       texts = [texts[0], texts[2], texts[1]]
-    feats = features_lib.canonical_pair_features(positions, rotations)  # [2, W-1, 262]
+    feats = self.artifacts.representation.pair_features(motion)  # [2, W-1, features]
     if rng.random() < self.swap_after_p:  # Either person may be the one at the origin.
       feats = feats[::-1]
       texts = [texts[0], texts[2], texts[1]]
     rows = feats.shape[1]
-    motion = np.zeros((self.max_len, 2, features_lib.FEATURE_DIM), np.float32)
+    motion = np.zeros((self.max_len, 2, feats.shape[-1]), np.float32)
     motion[:rows] = self.artifacts.normalise(feats.transpose(1, 0, 2))
     mask = np.zeros((self.max_len,), np.float32)
     mask[:rows] = 1.0
@@ -165,6 +181,10 @@ def make_loader(dataset_dir: str | pathlib.Path, split: str, artifacts: Artifact
   ``batch_size`` is this process's share of the global batch; the remainder is dropped so every
   batch has the same shape. Iterating is deterministic for a seed and checkpointable.
   """
+  if worker_count and not flags.FLAGS.is_parsed():
+    # grain's worker processes read its absl flags; outside an absl program (a notebook,
+    # pytest) nothing parsed them, so use their defaults instead of failing in the workers.
+    flags.FLAGS.mark_as_parsed()
   source = data_source(dataset_dir, split)
   if len(source) < batch_size * shard_count:
     raise ValueError(f'{dataset_dir} split {split!r} has {len(source)} examples, fewer than one '
