@@ -45,6 +45,8 @@ def base_config(size: str, dataset: str) -> ml_collections.ConfigDict:
   config.data.vocab_size = 1000          # SentencePiece vocabulary bound (the build may use fewer).
   config.data.stats_file = ''            # Optional .npz with mean/std, or a mean .npy, to use
   config.data.stats_std_file = ''        # instead of the build's (with the std .npy here).
+  config.data.text_features_file = ''    # Precomputed frozen text features (.npz) instead of
+                                         # the learned token encoder: data/text_features.py.
   config.data.max_len = 32 if tiny else (300 if paper else 90)  # Feature rows (frames, 30 fps).
   config.data.max_text_len = 32 if not paper else 64  # Tokens per text, BOS/EOS included.
   config.data.swap_before_p = 0.5        # Person swap before canonicalisation.

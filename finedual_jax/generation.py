@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import decompose
 from finedual_jax.data import representation as representation_lib
 from finedual_jax.data.pipeline import Artifacts
@@ -44,14 +45,16 @@ class Prompt:
 
 def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: float,
                  ddim_steps: int):
-  """Compiles ``sample(params, noise, mask, text_tokens, person_tokens) -> x0`` (normalised)."""
+  """Compiles ``sample(params, noise, mask, text, person) -> x0`` (normalised); ``text`` and
+  ``person`` are token ids or ``batch.TextFeatures``, as ``batch.text_inputs`` gives them."""
 
-  def sample(params, noise, mask, text_tokens, person_tokens):
+  def sample(params, noise, mask, text, person):
     def denoise(x_t, t, drop_overall, drop_individual):
       reps = x_t.shape[0] // noise.shape[0]
-      x0, _ = model.apply({'params': params}, x_t, t, jnp.tile(mask, (reps, 1)),
-                          jnp.tile(text_tokens, (reps, 1)), jnp.tile(person_tokens, (reps, 1, 1)),
-                          drop_overall, drop_individual, deterministic=True)
+      tile = lambda a: jnp.tile(a, (reps,) + (1,) * (a.ndim - 1))  # The guidance branches.
+      x0, _ = model.apply({'params': params}, x_t, t, tile(mask), jax.tree.map(tile, text),
+                          jax.tree.map(tile, person), drop_overall, drop_individual,
+                          deterministic=True)
       return x0 * jnp.tile(mask, (reps, 1))[:, :, None, None]
 
     guided = sampler_lib.guided_denoiser(denoise, w_overall, w_individual)
@@ -66,17 +69,22 @@ def generate(sample_fn, params, artifacts: Artifacts, prompts: Sequence[Prompt],
   if not 1 <= length <= max_len:
     raise ValueError(f'length must be between 1 and {max_len} frames (the model\'s maximum), '
                      f'found {length}.')
-  tokenizer = artifacts.tokenizer
-  text_tokens = tokenizer.encode([p.text for p in prompts], max_text_len, truncate=False)
-  person_tokens = np.stack([tokenizer.encode([p.person1, p.person2], max_text_len, truncate=False)
-                            for p in prompts])
   n = len(prompts)
   mask = np.zeros((n, max_len), np.float32)
   mask[:, :length] = 1.0
   noise = jax.random.normal(jax.random.key(seed),
                             (n, max_len, 2, artifacts.representation.feature_dim))
-  x0 = sample_fn(params, noise, jnp.asarray(mask), jnp.asarray(text_tokens),
-                 jnp.asarray(person_tokens))
+  texts = [t for p in prompts for t in (p.text, p.person1, p.person2)]
+  if artifacts.text_features is not None:  # The run was trained on frozen text features.
+    features, feature_mask = artifacts.text_features.lookup(texts)
+    features = jnp.asarray(features.reshape(n, 3, *features.shape[1:]))
+    feature_mask = jnp.asarray(feature_mask.reshape(n, 3, -1))
+    text = batch_lib.TextFeatures(features[:, 0], feature_mask[:, 0])
+    person = batch_lib.TextFeatures(features[:, 1:], feature_mask[:, 1:])
+  else:
+    tokens = artifacts.tokenizer.encode(texts, max_text_len, truncate=False).reshape(n, 3, -1)
+    text, person = jnp.asarray(tokens[:, 0]), jnp.asarray(tokens[:, 1:])
+  x0 = sample_fn(params, noise, jnp.asarray(mask), text, person)
   x0 = np.asarray(jax.device_get(x0))[:, :length]
   return artifacts.denormalise(x0).transpose(0, 2, 1, 3)
 

@@ -86,8 +86,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
 
     def loss_fn(params):
       pred, aux = model.apply({'params': params}, x_t, t, batch[batch_lib.MASK],
-                              batch[batch_lib.TEXT_TOKENS], batch[batch_lib.PERSON_TOKENS],
-                              drop_overall, drop_individual, deterministic=False,
+                              *batch_lib.text_inputs(batch), drop_overall, drop_individual, deterministic=False,
                               rngs={'dropout': dropout_rng})
       extra = auxiliary_losses(aux, x0, batch[batch_lib.MASK], drop_overall, drop_individual,
                                mean, std, weights, nce_temperature)

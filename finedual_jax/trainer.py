@@ -40,12 +40,14 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pa
                                    clips_per_type=data.clips_per_type, vocab_size=data.vocab_size)
 
 
-def init_params(model, config: ml_collections.ConfigDict, rng: jax.Array) -> Any:
-  shapes = batch_lib.spec(1, config.data.max_len, config.data.max_text_len, model.feature_dim)
+def init_params(model, config: ml_collections.ConfigDict, rng: jax.Array,
+                text_features: tuple[int, int] | None = None) -> Any:
+  """Initial parameters; ``text_features`` = (Lf, Df) when the run uses frozen text features."""
+  shapes = batch_lib.spec(1, config.data.max_len, config.data.max_text_len, model.feature_dim,
+                          text_features)
   dummy = {k: jnp.zeros(shape, dtype) for k, (shape, dtype) in shapes.items()}
   return model.init(rng, dummy[batch_lib.MOTION], jnp.zeros((1,), jnp.int32),
-                    dummy[batch_lib.MASK], dummy[batch_lib.TEXT_TOKENS],
-                    dummy[batch_lib.PERSON_TOKENS])['params']
+                    dummy[batch_lib.MASK], *batch_lib.text_inputs(dummy))['params']
 
 
 def loss_weights(config: ml_collections.ConfigDict,
@@ -93,7 +95,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   log = (lambda msg: print(msg, flush=True)) if jax.process_index() == 0 else (lambda msg: None)
   dataset_dir = prepare_data(config, workdir)
   artifacts = pipeline.load_artifacts(dataset_dir, config.data.stats_file,
-                                       config.data.stats_std_file)
+                                       config.data.stats_std_file,
+                                       config.data.text_features_file)
   log(f'data: {dataset_dir}')
 
   mesh = parallel.make_mesh(config.parallel.num_devices)
@@ -105,7 +108,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   schedule = Schedule.cosine(config.diffusion.num_steps)
 
   rng_init, rng_train = jax.random.split(jax.random.key(config.seed))
-  state = train_state_lib.create(init_params(model, config, rng_init), tx, rng_train)
+  params = init_params(model, config, rng_init, artifacts.text_feature_shape)
+  state = train_state_lib.create(params, tx, rng_train)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   state = parallel.replicate(state, mesh)
   checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.train.max_to_keep)
@@ -215,13 +219,15 @@ def load_trained(workdir: str | pathlib.Path, step: int | None = None):
   else:
     dataset_dir = _built_dataset_dir(workdir / 'data' / 'tfds')
   artifacts = pipeline.load_artifacts(dataset_dir, config.data.stats_file,
-                                       config.data.stats_std_file)
+                                       config.data.stats_std_file,
+                                       config.data.text_features_file)
   model = build_model(config.model, vocab_size=artifacts.tokenizer.vocab_size,
                       max_text_len=config.data.max_text_len,
                       feature_dim=artifacts.representation.feature_dim)
   tx = make_optimizer(config)
   abstract = jax.eval_shape(lambda: train_state_lib.create(
-      init_params(model, config, jax.random.key(0)), tx, jax.random.key(0)))
+      init_params(model, config, jax.random.key(0), artifacts.text_feature_shape), tx,
+      jax.random.key(0)))
   mesh = parallel.make_mesh(1)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated(mesh)), abstract)

@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import representation as representation_lib
+from finedual_jax.data.text_features import TextFeatureBank
 from finedual_jax.data.tokenizer import Tokenizer
 from finedual_jax.motion import features as features_lib
 
@@ -34,6 +35,13 @@ class Artifacts:
   std: np.ndarray
   tokenizer: Tokenizer
   representation: representation_lib.Representation = representation_lib.POSITIONS
+  text_features: TextFeatureBank | None = None  # Frozen features in place of the encoder.
+
+  @property
+  def text_feature_shape(self) -> tuple[int, int] | None:
+    """(Lf, Df) of the frozen text features, None without them."""
+    bank = self.text_features
+    return None if bank is None else (bank.max_len, bank.dim)
 
   def normalise(self, features: np.ndarray) -> np.ndarray:
     return ((features - self.mean) / self.std).astype(np.float32)
@@ -87,14 +95,16 @@ def load_statistics(path: str | pathlib.Path, std_path: str | pathlib.Path = '',
 
 
 def load_artifacts(dataset_dir: str | pathlib.Path, stats_file: str = '',
-                   stats_std_file: str = '') -> Artifacts:
-  """Loads a built data set's statistics (or ``stats_file`` [+ ``stats_std_file``]) and tokenizer."""
+                   stats_std_file: str = '', text_features_file: str = '') -> Artifacts:
+  """Loads a built data set's statistics (or ``stats_file`` [+ ``stats_std_file``]), tokenizer
+  and, if given, the frozen text features of ``text_features_file``."""
   dataset_dir = pathlib.Path(dataset_dir)
   representation = representation_of(dataset_dir)
   mean, std = load_statistics(stats_file or dataset_dir / STATS_FILE, stats_std_file,
                               feature_dim=representation.feature_dim)
+  bank = TextFeatureBank(text_features_file) if text_features_file else None
   return Artifacts(dataset_dir, mean, std, Tokenizer(dataset_dir / TOKENIZER_FILE),
-                   representation)
+                   representation, bank)
 
 
 def _builder(dataset_dir: pathlib.Path):
@@ -169,8 +179,15 @@ class MakeExample(grain.transforms.RandomMap):
     mask = np.zeros((self.max_len,), np.float32)
     mask[:rows] = 1.0
     tokens = self.artifacts.tokenizer.encode(texts, self.max_text_len)
-    return {batch_lib.MOTION: motion, batch_lib.MASK: mask,
-            batch_lib.TEXT_TOKENS: tokens[0], batch_lib.PERSON_TOKENS: tokens[1:]}
+    example = {batch_lib.MOTION: motion, batch_lib.MASK: mask,
+               batch_lib.TEXT_TOKENS: tokens[0], batch_lib.PERSON_TOKENS: tokens[1:]}
+    if self.artifacts.text_features is not None:
+      features, feature_mask = self.artifacts.text_features.lookup(texts)
+      example.update({batch_lib.TEXT_FEATURES: features[0],
+                      batch_lib.TEXT_FEATURE_MASK: feature_mask[0],
+                      batch_lib.PERSON_FEATURES: features[1:],
+                      batch_lib.PERSON_FEATURE_MASK: feature_mask[1:]})
+    return example
 
 
 def make_loader(dataset_dir: str | pathlib.Path, split: str, artifacts: Artifacts, *,

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from finedual_jax.data.batch import TextFeatures
 from finedual_jax.models.text_encoder import TextEncoder
 
 
@@ -39,11 +40,16 @@ class TextConditioner(nn.Module):
   @nn.compact
   def __call__(self, text_tokens, person_tokens, drop_overall, drop_individual, *,
                deterministic: bool) -> Conditions:
-    """text_tokens: [B, L]; person_tokens: [B, 2, L]; drop_*: [B] bool."""
-    batch, length = text_tokens.shape
+    """text_tokens: [B, L]; person_tokens: [B, 2, L] (or ``TextFeatures`` of [B, L, D] and
+    [B, 2, L, D] with their masks); drop_*: [B] bool."""
+    frozen = isinstance(text_tokens, TextFeatures)
+    batch, length = (text_tokens.mask if frozen else text_tokens).shape[:2]
     # Roles: 0 overall, 1 individual. No person-1/person-2 role: it would break the symmetry.
     if self.individual:
-      tokens = jnp.concatenate([text_tokens, person_tokens.reshape(2 * batch, length)])
+      tokens = jax.tree.map(
+          lambda overall, persons: jnp.concatenate(
+              [overall, persons.reshape((2 * batch,) + persons.shape[2:])]),
+          text_tokens, person_tokens)
       roles = jnp.concatenate([jnp.zeros((batch,), jnp.int32), jnp.ones((2 * batch,), jnp.int32)])
       drop = jnp.concatenate([drop_overall, jnp.repeat(drop_individual, 2)])
     else:

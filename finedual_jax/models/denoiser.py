@@ -56,7 +56,8 @@ class FineDualDenoiser(nn.Module):
   @nn.compact
   def __call__(self, x_t, t, mask, text_tokens, person_tokens, drop_overall=None,
                drop_individual=None, *, deterministic: bool = True):
-    """x_t: [B, T, 2, D]; t: [B]; mask: [B, T]; text_tokens: [B, L]; person_tokens: [B, 2, L];
+    """x_t: [B, T, 2, D]; t: [B]; mask: [B, T]; text_tokens: [B, L]; person_tokens: [B, 2, L]
+    (or both as ``batch.TextFeatures``: precomputed frozen features with their masks);
     drop_overall / drop_individual: [B] bool, replace that condition by the learned null one.
 
     Returns x0 [B, T, 2, D] and a dict of auxiliary outputs for the losses:
