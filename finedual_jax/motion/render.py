@@ -1,4 +1,4 @@
-"""Renders two persons' joint positions as stick figures (GIF clips and PNG key-frame strips).
+"""Renders two persons' joint positions as stick figures (GIF/MP4 clips, PNG key-frame strips).
 
 Headless and fast: a fixed perspective camera is computed once per clip with NumPy, the 3D
 bones are projected to 2D here, and matplotlib only draws 2D line collections on one reused
@@ -9,6 +9,8 @@ already chosen an interactive backend (which is why it does not call ``matplotli
 Image sizes:
   * ``render_frames`` / ``render_gif``: every frame is exactly ``size_px`` x ``size_px``; a
     non-empty title takes a band at the top of that square (the scene shrinks to fit).
+  * ``render_video``: the same frames, padded with one white row and column when ``size_px`` is
+    odd (H.264 in yuv420p needs even sizes). MP4 needs an ffmpeg binary (``ffmpeg_available``).
   * ``render_strip``: ``panel_px * n`` wide, ``n = min(num_frames, T)``, and ``panel_px`` tall
     without a title or ``panel_px + title_band_px(panel_px)`` tall with one (band on top).
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+import subprocess
 import tempfile
 import textwrap
 from typing import Callable
@@ -317,3 +321,89 @@ def _title_band(title: str, width_px: int, height_px: int) -> np.ndarray:
   h, w = min(height_px, band.shape[0]), min(width_px, band.shape[1])
   out[:h, :w] = band[:h, :w]
   return out
+
+
+class FFmpegNotFoundError(RuntimeError):
+  """No ffmpeg binary was found, so no MP4 can be written (GIFs and PNGs still can)."""
+
+
+def _ffmpeg_exe() -> str | None:
+  """The ffmpeg binary bundled with imageio-ffmpeg if installed, else one on PATH, else None."""
+  try:
+    import imageio_ffmpeg  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    pass
+  else:
+    try:
+      return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:  # installed without its binary (e.g. an sdist on an unusual platform)
+      pass
+  return shutil.which('ffmpeg')
+
+
+def ffmpeg_available() -> bool:
+  """Whether ``render_video`` can write MP4 files on this machine."""
+  return _ffmpeg_exe() is not None
+
+
+def render_video(positions, path, *, title: str = '', fps: int = 30,
+                 size_px: int = 384) -> pathlib.Path:
+  """Writes a two-person clip [2, T, 22, 3] as an H.264 MP4 of exactly T frames; returns path.
+
+  Frames are ``render_frames``'s (size_px square, padded to an even size), encoded by ffmpeg
+  (libx264, yuv420p, so browsers and slide software play it) at fps frames per second. Frames
+  are drawn and piped one at a time, so long clips need no more memory than short ones.
+
+  Raises:
+    ValueError: bad positions, fps or size_px (nothing is written).
+    FFmpegNotFoundError: no ffmpeg binary; ``pip install imageio-ffmpeg`` bundles one.
+    RuntimeError: ffmpeg failed; its message is included.
+  """
+  if not fps > 0:
+    raise ValueError(f'fps must be positive; found {fps}.')
+  pos = _validate(positions)
+  exe = _ffmpeg_exe()
+  if exe is None:
+    raise FFmpegNotFoundError(
+        'render_video needs an ffmpeg binary to write MP4 files and found none: '
+        '`pip install imageio-ffmpeg` installs one (it is a dependency of finedual_jax), or put '
+        'a system ffmpeg on PATH (e.g. `apt-get install ffmpeg`). render_gif needs no ffmpeg.')
+  renderer = _Renderer(pos, size_px, title)
+  size = int(size_px)
+  even = size + size % 2
+
+  def write(tmp: pathlib.Path) -> None:
+    command = [exe, '-nostdin', '-y', '-loglevel', 'error',
+               '-f', 'rawvideo', '-pix_fmt', 'rgb24', '-s', f'{even}x{even}', '-r', str(fps),
+               '-i', 'pipe:0', '-an', '-c:v', 'libx264', '-pix_fmt', 'yuv420p', '-crf', '18',
+               '-movflags', '+faststart', '-f', 'mp4', str(tmp)]
+    # ffmpeg's messages go to a file, not a pipe: a pipe nobody reads while frames are written
+    # could fill up and block both processes.
+    with tempfile.TemporaryFile() as log:
+      proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=log)
+      broken = False
+      try:
+        for t in range(renderer.num_frames):
+          frame = renderer.frame(t)
+          if even != size:
+            frame = np.pad(frame, ((0, 1), (0, 1), (0, 0)), constant_values=255)
+          try:
+            proc.stdin.write(frame.tobytes())
+          except BrokenPipeError:  # ffmpeg quit early; its log says why
+            broken = True
+            break
+      finally:
+        try:
+          proc.stdin.close()
+        except BrokenPipeError:
+          broken = True
+        code = proc.wait()
+      if code != 0 or broken:
+        log.seek(0)
+        message = log.read().decode(errors='replace').strip()[-2000:]
+        raise RuntimeError(f'ffmpeg ({exe}) failed with exit code {code} writing {path}: '
+                           f'{message or "no message"}. A system ffmpeg may lack libx264; '
+                           '`pip install imageio-ffmpeg` provides one that has it.')
+
+  return _atomic_write(path, write)

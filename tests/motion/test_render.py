@@ -144,3 +144,75 @@ def test_failed_write_leaves_no_file_and_keeps_old_output(tmp_path, monkeypatch)
     render.render_strip(_two_persons(2, 0.6), old, panel_px=64)
   assert list(tmp_path.iterdir()) == [old]
   assert old.read_bytes() == b'previous strip'
+
+
+_NO_FFMPEG = 'no ffmpeg binary (pip install imageio-ffmpeg, or put ffmpeg on PATH)'
+
+
+def _mp4_frames(path) -> tuple[dict, list[np.ndarray]]:
+  imageio_ffmpeg = pytest.importorskip('imageio_ffmpeg', reason='decoding needs imageio-ffmpeg')
+  reader = imageio_ffmpeg.read_frames(str(path))
+  meta = next(reader)
+  width, height = meta['size']
+  return meta, [np.frombuffer(f, dtype=np.uint8).reshape(height, width, 3) for f in reader]
+
+
+@pytest.mark.skipif(not render.ffmpeg_available(), reason=_NO_FFMPEG)
+def test_mp4_has_one_frame_per_time_step_and_shows_motion(tmp_path):
+  num_frames = 12
+  path = render.render_video(_two_persons(num_frames, 0.6), tmp_path / 'clips' / 'a.mp4',
+                             title='two people walk towards each other', fps=20, size_px=_SIZE)
+  assert path == tmp_path / 'clips' / 'a.mp4'
+  assert path.stat().st_size > 0
+  meta, frames = _mp4_frames(path)
+  assert meta['fps'] == 20
+  assert len(frames) == num_frames
+  assert frames[0].shape == (_SIZE, _SIZE, 3)
+  for a, b in zip(frames[:-1], frames[1:]):
+    assert np.any(a != b)
+  assert _fraction_changed(frames[0], frames[-1]) > 0.01
+  # Lossy (chroma subsampling blurs thin coloured lines) but faithful and in order: every
+  # decoded frame is close to its drawn frame, and much closer than to the clip's other end.
+  drawn = render.render_frames(_two_persons(num_frames, 0.6), size_px=_SIZE,
+                               title='two people walk towards each other').astype(int)
+  decoded = np.stack(frames).astype(int)
+  error = np.abs(decoded - drawn).mean(axis=(1, 2, 3))
+  assert error.max() < 4.0
+  assert np.all(error < np.abs(decoded - drawn[::-1]).mean(axis=(1, 2, 3))[[0, -1]].min() / 2)
+  assert [p.name for p in path.parent.iterdir()] == ['a.mp4']
+
+
+@pytest.mark.skipif(not render.ffmpeg_available(), reason=_NO_FFMPEG)
+def test_mp4_of_odd_size_is_padded_to_even(tmp_path):
+  path = render.render_video(_two_persons(3, 0.6), tmp_path / 'odd.mp4', size_px=65)
+  _, frames = _mp4_frames(path)
+  assert len(frames) == 3 and frames[0].shape == (66, 66, 3)
+
+
+def test_mp4_without_ffmpeg_says_how_to_get_it(tmp_path, monkeypatch):
+  monkeypatch.setattr(render, '_ffmpeg_exe', lambda: None)
+  assert not render.ffmpeg_available()
+  with pytest.raises(render.FFmpegNotFoundError, match='pip install imageio-ffmpeg'):
+    render.render_video(_two_persons(2, 0.6), tmp_path / 'out' / 'a.mp4')
+  assert not (tmp_path / 'out').exists()
+
+
+def test_mp4_bad_inputs_raise_and_write_nothing(tmp_path):
+  out = tmp_path / 'out'
+  with pytest.raises(ValueError, match=r'\[2, T, 22, 3\]'):
+    render.render_video(np.zeros((2, 4, 24, 3)), out / 'a.mp4')
+  with pytest.raises(ValueError, match='fps must be positive'):
+    render.render_video(_two_persons(2, 0.6), out / 'a.mp4', fps=0)
+  assert not out.exists()
+
+
+@pytest.mark.skipif(not render.ffmpeg_available(), reason=_NO_FFMPEG)
+def test_failed_mp4_encoding_keeps_old_output(tmp_path, monkeypatch):
+  old = tmp_path / 'old.mp4'
+  old.write_bytes(b'previous video')
+  # A binary that exits with an error stands in for an ffmpeg without libx264.
+  monkeypatch.setattr(render, '_ffmpeg_exe', lambda: 'false')
+  with pytest.raises(RuntimeError, match='exit code 1'):
+    render.render_video(_two_persons(2, 0.6), old, size_px=64)
+  assert list(tmp_path.iterdir()) == [old]
+  assert old.read_bytes() == b'previous video'
