@@ -1,0 +1,1 @@
+"""The InterHuman evaluation protocol: evaluator model, metrics, evaluation runner, weight converter."""
