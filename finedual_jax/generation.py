@@ -7,7 +7,7 @@ import json
 import os
 import pathlib
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,10 +16,12 @@ import numpy as np
 
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import decompose
+from finedual_jax.data import decompositions as decompositions_lib
 from finedual_jax.data import representation as representation_lib
 from finedual_jax.data.pipeline import Artifacts
 from finedual_jax.diffusion import sampler as sampler_lib
 from finedual_jax.diffusion.schedule import Schedule
+from finedual_jax.motion import bvh
 from finedual_jax.motion import render
 
 
@@ -29,10 +31,13 @@ class Prompt:
   text: str
   person1: str
   person2: str
-  person_source: str  # 'given' | 'rule-based'
+  person_source: str  # 'given' | 'decomposition file (<model>, <prompt version>)' | 'rule-based'
 
   @classmethod
-  def from_text(cls, text: str, person1: str = '', person2: str = '') -> 'Prompt':
+  def from_text(cls, text: str, person1: str = '', person2: str = '',
+                decompositions: Mapping[str, decompositions_lib.Decomposition] | None = None
+                ) -> 'Prompt':
+    """Per-person texts: given, else from ``decompositions`` (by overall text), else rules."""
     text = ' '.join(text.split())
     if not text:
       raise ValueError('the prompt text is empty; give a caption such as "Two people hug."')
@@ -40,7 +45,50 @@ class Prompt:
       raise ValueError('give both per-person texts (person1 and person2) or neither.')
     if person1.strip():
       return cls(text, person1.strip(), person2.strip(), 'given')
+    record = (decompositions or {}).get(text)
+    if record is not None:
+      return cls(text, record.person1, record.person2,
+                 f'decomposition file ({record.model}, {record.prompt_version})')
     return cls(text, *decompose.rule_based_split(text), 'rule-based')
+
+
+def decompositions_by_text(path: str | pathlib.Path
+                           ) -> dict[str, decompositions_lib.Decomposition]:
+  """A decomposition JSONL as a lookup by overall text (the first record of each text wins)."""
+  records, _ = decompositions_lib.read_jsonl(path, 'strict')
+  lookup = {}
+  for record in records:
+    lookup.setdefault(record.overall, record)
+  return lookup
+
+
+def read_prompt_file(path: str | pathlib.Path) -> list[str]:
+  """Captions of a prompt file: one per line; blank lines and lines starting with # skipped."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'prompt file not found: {path}')
+  try:
+    lines = path.read_text(encoding='utf-8').splitlines()
+  except UnicodeDecodeError as e:
+    raise ValueError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start}).') from None
+  prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith('#')]
+  if not prompts:
+    raise ValueError(f'{path}: no prompts (expected one caption per line).')
+  return prompts
+
+
+def parse_length(value: str | int, *, max_len: int, fps: int = 30) -> int:
+  """'90' (frames) or '3s' / '2.5s' (seconds at ``fps``) -> frames, checked against max_len."""
+  text = str(value).strip().lower()
+  try:
+    frames = round(float(text[:-1]) * fps) if text.endswith('s') else int(text)
+  except ValueError:
+    raise ValueError(f'length: expected frames (e.g. 90) or seconds (e.g. 3s), found '
+                     f'{value!r}.') from None
+  if not 1 <= frames <= max_len:
+    raise ValueError(f'length must be between 1 and {max_len} frames (the model\'s maximum, '
+                     f'{max_len / fps:.1f} s), found {frames} ({value}).')
+  return frames
 
 
 def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: float,
@@ -64,16 +112,24 @@ def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: f
 
 
 def generate(sample_fn, params, artifacts: Artifacts, prompts: Sequence[Prompt], *,
-             length: int, max_len: int, max_text_len: int, seed: int) -> np.ndarray:
-  """Samples one motion per prompt; returns de-normalised features [N, 2, length, F]."""
+             length: int, max_len: int, max_text_len: int, seed: int,
+             sample_ids: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+  """Samples one motion per prompt; returns de-normalised features [N, 2, length, F].
+
+  Row i's noise is keyed on ``(seed, *sample_ids[i])`` (default ``(i, 0)``), so a sample does
+  not depend on which other prompts share its batch.
+  """
   if not 1 <= length <= max_len:
     raise ValueError(f'length must be between 1 and {max_len} frames (the model\'s maximum), '
                      f'found {length}.')
   n = len(prompts)
+  sample_ids = [(i, 0) for i in range(n)] if sample_ids is None else list(sample_ids)
   mask = np.zeros((n, max_len), np.float32)
   mask[:, :length] = 1.0
-  noise = jax.random.normal(jax.random.key(seed),
-                            (n, max_len, 2, artifacts.representation.feature_dim))
+  shape = (max_len, 2, artifacts.representation.feature_dim)
+  base = jax.random.key(seed)
+  noise = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.fold_in(base, i), j), shape)
+                     for i, j in sample_ids])
   texts = [t for p in prompts for t in (p.text, p.person1, p.person2)]
   if artifacts.text_features is not None:  # The run was trained on frozen text features.
     features, feature_mask = artifacts.text_features.lookup(texts)
@@ -93,18 +149,19 @@ def _slug(text: str, limit: int = 48) -> str:
   return re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')[:limit] or 'sample'
 
 
-def write_sample(out_dir: str | pathlib.Path, index: int, prompt: Prompt, features: np.ndarray,
+def write_sample(out_dir: str | pathlib.Path, stem: str, prompt: Prompt, features: np.ndarray,
                  *, fps: int = 30,
-                 representation: representation_lib.Representation = representation_lib.POSITIONS
-                 ) -> dict[str, Any]:
-  """Writes features, joint positions, a GIF and a PNG strip for one sample; returns the paths.
+                 representation: representation_lib.Representation = representation_lib.POSITIONS,
+                 video: bool = False) -> dict[str, Any]:
+  """Writes one sample's artefacts; returns its record (prompt, texts, file paths).
 
+  ``.npy`` features [2, T, F] and joint positions [2, T, 22, 3] (metres), a GIF, a PNG strip
+  of key frames, one BVH per person (SMPL hierarchy, 30 fps) and, with ``video``, an MP4.
   With the rotation representation the positions come from the SMPL rest skeleton (for
-  viewing only); the record's ``positions_exact`` says which.
+  viewing only; the record's ``positions_exact`` says so) and the BVH from their IK.
   """
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  stem = f'{index:03d}_{_slug(prompt.text)}'
   representation.check_features(features, 'write_sample features')
   positions = representation.positions(features)  # [2, T, 22, 3]
   paths = {'features': out_dir / f'{stem}_features.npy',
@@ -116,8 +173,25 @@ def write_sample(out_dir: str | pathlib.Path, index: int, prompt: Prompt, featur
     os.replace(tmp, paths[key])
   render.render_gif(positions, paths['gif'], title=prompt.text, fps=fps)
   render.render_strip(positions, paths['png'], title=prompt.text)
+  if representation.exact_positions:
+    paths['bvh_person1'], paths['bvh_person2'] = bvh.write_pair_bvh(out_dir / stem, features,
+                                                                    fps=fps)
+  else:
+    for p in (1, 2):
+      paths[f'bvh_person{p}'] = bvh.write_bvh(out_dir / f'{stem}_person{p}.bvh',
+                                              positions[p - 1], fps=fps)
+  if video:
+    paths['mp4'] = render.render_video(positions, out_dir / f'{stem}.mp4', title=prompt.text,
+                                       fps=fps)
   return dict(dataclasses.asdict(prompt), **{k: str(v) for k, v in paths.items()},
-              representation=representation.name, positions_exact=representation.exact_positions)
+              num_frames=int(features.shape[1]), representation=representation.name,
+              positions_exact=representation.exact_positions)
+
+
+def sample_stem(index: int, prompt: Prompt, sample: int | None = None) -> str:
+  """File stem of prompt ``index`` (and its ``sample``-th draw): '003_two_people_bow[_s01]'."""
+  stem = f'{index:03d}_{_slug(prompt.text)}'
+  return stem if sample is None else f'{stem}_s{sample:02d}'
 
 
 def write_index(out_dir: str | pathlib.Path, records: list[dict], **extra) -> pathlib.Path:

@@ -195,8 +195,8 @@ def sample_after_training(config, workdir, state, model, schedule, artifacts) ->
   if jax.process_index() != 0:
     return []
   out_dir = workdir / 'samples' / f'step_{int(state.step)}'
-  record = generation.write_sample(out_dir, 0, prompt, features[0],
-                                         representation=artifacts.representation)
+  record = generation.write_sample(out_dir, generation.sample_stem(0, prompt), prompt,
+                                   features[0], representation=artifacts.representation)
   generation.write_index(out_dir, [record], step=int(state.step), seed=config.sample.seed)
   for key in ('gif', 'png', 'positions'):
     print(f'sample {key}: {record[key]}', flush=True)

@@ -5,3 +5,17 @@ import os
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8 '
                       '--xla_cpu_collective_call_terminate_timeout_seconds=60')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+
+import pytest  # noqa: E402  (after the environment above, before anything imports JAX)
+
+
+@pytest.fixture(scope='session')
+def trained_run(tmp_path_factory):
+  """The tiny default config trained once per test session: (config, workdir, summary)."""
+  from experiments import default
+  from finedual_jax import trainer
+  workdir = tmp_path_factory.mktemp('run')
+  config = default.get_config('size=tiny')
+  summary = trainer.train_and_evaluate(config, workdir)
+  return config, workdir, summary

@@ -20,11 +20,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
-def run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('run')
-  config = default.get_config('size=tiny')
-  summary = trainer.train_and_evaluate(config, workdir)
-  return config, workdir, summary
+def run(trained_run):
+  return trained_run
 
 
 def test_training_writes_checkpoints_metrics_and_a_rendered_sample(run):
@@ -126,23 +123,6 @@ def _cli(module, *args, env_extra=None):
   env = dict(os.environ, XLA_FLAGS='', **(env_extra or {}))
   return subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=600)
-
-
-def test_sample_cli_writes_files_and_rejects_bad_input(run, tmp_path):
-  config, workdir, summary = run
-  out = tmp_path / 'out'
-  ok = _cli('finedual_jax.sample', f'--workdir={workdir}', '--text=Two people hug.',
-            f'--out_dir={out}', '--length=16')
-  assert ok.returncode == 0, ok.stderr[-2000:]
-  assert 'rule-based' in ok.stdout
-  assert len(list(out.glob('*.gif'))) == 1 and (out / 'samples.json').is_file()
-  empty = _cli('finedual_jax.sample', f'--workdir={workdir}', '--text=  ')
-  assert empty.returncode != 0 and 'empty' in empty.stderr
-  missing = _cli('finedual_jax.sample', f'--workdir={tmp_path / "nothing"}', '--text=Two people hug.')
-  assert missing.returncode != 0 and 'no checkpoint' in missing.stderr
-  too_long = _cli('finedual_jax.sample', f'--workdir={workdir}', '--text=Two people hug.',
-                  f'--length={config.data.max_len + 1}')
-  assert too_long.returncode != 0 and 'length must be between' in too_long.stderr
 
 
 def test_train_cli_runs_the_tiny_config(tmp_path):
