@@ -1,0 +1,234 @@
+"""How close to the hardware training and sampling run: examples/s, FLOPs, MFU, memory.
+
+    python -m finedual_jax.benchmark --out bench.json                    # everything (long on CPU)
+    python -m finedual_jax.benchmark --out quick.json --sizes tiny --sample_batches 1,4
+
+In one run it measures:
+
+* the reference peak: fp32 matmul of large square matrices with NumPy/BLAS and with
+  ``jnp.dot`` (the better of the two);
+* per model (FineDual, the InterGen and in2IN-style baselines) and size (``bench``: width 512,
+  8 layers in total, batch 16, T = 300; ``tiny``): the training step's examples/s and median
+  step time (≥ 10 steps after warm-up, blocking each step), its FLOPs from XLA's compiled cost
+  analysis, MFU = achieved FLOP/s / reference peak, memory (host RSS on CPU; the compiled
+  program's arguments + outputs + temporaries elsewhere), and the fraction of step time spent
+  waiting for data when the step runs inside the trainer's loop on real batches;
+* sampling: one full DDIM run (50 steps, all guidance branches in one forward pass) at T = 300
+  for batches of 1, 4 and 32: seconds per batch and MFU;
+* the input pipeline's examples/s at T = 300.
+
+It prints a table last and writes every figure to ``--out``. On a GPU/TPU machine run the same
+command there (``pip install -U "jax[cuda12]"`` or ``"jax[tpu]"`` first); the reference peak is
+then the measured fp32 ``jnp.dot`` rate — compare with the vendor's bf16 peak for mixed
+precision. XLA's cost analysis counts a loop body once, so the sampler's FLOPs are the body's
+times the number of DDIM steps.
+"""
+
+from __future__ import annotations
+
+import importlib
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from finedual_jax.data import benchmark as data_benchmark
+from finedual_jax.data import pipeline
+
+MODELS = {'finedual': 'experiments.finedual', 'intergen': 'experiments.intergen',
+          'in2in': 'experiments.in2in'}
+SIZES = ('bench', 'tiny')
+TRAIN_MFU_TARGETS = {'bench': 0.60, 'paper': 0.70}
+SAMPLING_MFU_TARGET = 0.85
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
+  """fp32 GFLOP/s of an n x n matmul with NumPy (BLAS) and with jnp.dot; best of ``repeats``."""
+  import jax
+  import jax.numpy as jnp
+  a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+  b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+  flops = 2.0 * n ** 3
+  a @ b
+  numpy_s = min(_timed(lambda: a @ b) for _ in range(repeats))
+  dot = jax.jit(jnp.dot)
+  ja, jb = jnp.asarray(a), jnp.asarray(b)
+  dot(ja, jb).block_until_ready()
+  jax_s = min(_timed(lambda: dot(ja, jb).block_until_ready()) for _ in range(repeats))
+  return {'n': n, 'numpy_flops_per_s': flops / numpy_s, 'jax_flops_per_s': flops / jax_s,
+          'peak_flops_per_s': max(flops / numpy_s, flops / jax_s)}
+
+
+def _timed(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def bench_config(model: str, size: str):
+  """The experiment config of ``model`` at ``size``: 'tiny' as shipped, or 'bench' = the paper
+  structure (8 layers in total) at width 512, batch 16, T = 300, on one device."""
+  if model not in MODELS:
+    raise ValueError(f'--models: unknown model {model!r}; expected some of {sorted(MODELS)}.')
+  if size not in SIZES:
+    raise ValueError(f'--sizes: unknown size {size!r}; expected some of {list(SIZES)}.')
+  module = importlib.import_module(MODELS[model])
+  config = module.get_config(f'size={"tiny" if size == "tiny" else "paper"},dataset=synthetic')
+  config.unlock()
+  config.parallel.num_devices = 1
+  config.data.source = 'tfds'
+  if size == 'bench':
+    config.model.update(width=512, num_heads=8, ff_dim=1024, text_width=256, text_layers=2,
+                        text_heads=4)
+    if model == 'finedual':
+      config.model.update(graph_hidden=128, embed_dim=256)
+    config.data.max_len = 300
+    config.data.max_text_len = 32
+    config.train.batch_size = 16
+  config.lock()
+  return config
+
+
+def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: Sequence[int],
+                        length: int, ddim_steps: int, peak: float) -> list[dict[str, Any]]:
+  """Seconds and MFU of one full guided DDIM run per batch size (untrained weights)."""
+  import jax
+  import jax.numpy as jnp
+
+  from finedual_jax import generation
+  from finedual_jax import trainer
+  from finedual_jax.diffusion.schedule import Schedule
+  from finedual_jax.models.factory import build_model
+
+  model = build_model(config.model, vocab_size=artifacts.tokenizer.vocab_size,
+                      max_text_len=config.data.max_text_len,
+                      feature_dim=artifacts.representation.feature_dim)
+  params = trainer.init_params(model, config, jax.random.key(0))
+  sample_fn = generation.make_sampler(
+      model, Schedule.cosine(config.diffusion.num_steps),
+      w_overall=config.diffusion.guidance_overall,
+      w_individual=config.diffusion.guidance_individual, ddim_steps=ddim_steps)
+  results = []
+  for batch in batch_sizes:
+    noise = jnp.zeros((batch, length, 2, artifacts.representation.feature_dim))
+    mask = jnp.ones((batch, length))
+    tokens = jnp.full((batch, config.data.max_text_len), 5, jnp.int32)
+    persons = jnp.full((batch, 2, config.data.max_text_len), 5, jnp.int32)
+    args = (params, noise, mask, tokens, persons)
+    start = time.perf_counter()
+    compiled = sample_fn.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float((cost or {}).get('flops', float('nan'))) * ddim_steps  # Loop body x steps.
+    seconds = _timed(lambda: compiled(*args).block_until_ready())
+    if seconds < 2.0:  # Short runs are noisy: best of three more.
+      seconds = min(_timed(lambda: compiled(*args).block_until_ready()) for _ in range(3))
+    results.append({'model': config.model.name, 'batch': batch, 'length': length,
+                    'ddim_steps': ddim_steps, 'compile_s': compile_s, 'seconds': seconds,
+                    'flops': flops, 'mfu': flops / seconds / peak})
+  return results
+
+
+def run(*, models: Sequence[str], sizes: Sequence[str], workdir: str, train_steps: int,
+        sample_batches: Sequence[int], sample_length: int, ddim_steps: int,
+        pipeline_batches: int, log=print) -> dict[str, Any]:
+  import jax
+  peak = matmul_peak()
+  log(f'reference peak: NumPy {peak["numpy_flops_per_s"] / 1e9:.1f} GFLOP/s, jnp.dot '
+      f'{peak["jax_flops_per_s"] / 1e9:.1f} GFLOP/s ({jax.devices()[0].platform})')
+  dataset_dir = data_benchmark.synthetic_dataset_dir(workdir)
+  artifacts = pipeline.load_artifacts(dataset_dir)
+  data_rate = data_benchmark.pipeline_throughput(
+      dataset_dir, artifacts, batch_size=32, max_len=300, worker_count=0,
+      num_batches=pipeline_batches, warmup=2)
+  log(f'input pipeline T=300: {data_rate["examples_per_s"]:.0f} examples/s')
+  training, sampling = [], []
+  for size in sizes:
+    for model in models:
+      config = bench_config(model, size)
+      result = data_benchmark.train_step_throughput(config, artifacts, num_steps=train_steps,
+                                                    warmup=2)
+      result.update(size=size, mfu=result['achieved_flops_per_s'] / peak['peak_flops_per_s'],
+                    host_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+      training.append(result)
+      log(f'train {model}/{size}: {result["median_step_s"] * 1e3:.0f} ms/step, '
+          f'{result["examples_per_s"]:.1f} examples/s, {result["flops_per_step"] / 1e9:.1f} '
+          f'GFLOP, MFU {result["mfu"]:.1%}, data wait {result["data_wait_fraction"]:.1%}')
+      if size == 'bench' or sizes == ('tiny',):
+        for r in sampling_throughput(config, artifacts, batch_sizes=sample_batches,
+                                     length=min(sample_length, config.data.max_len),
+                                     ddim_steps=ddim_steps, peak=peak['peak_flops_per_s']):
+          r['size'] = size
+          sampling.append(r)
+          log(f'sample {model}/{size} batch {r["batch"]}: {r["seconds"]:.1f} s, MFU '
+              f'{r["mfu"]:.1%}')
+  return {'machine': data_benchmark.machine_info(), 'peak': peak, 'pipeline': data_rate,
+          'training': training, 'sampling': sampling,
+          'targets': {'train_mfu': TRAIN_MFU_TARGETS, 'sampling_mfu': SAMPLING_MFU_TARGET,
+                      'data_wait_fraction': 0.05}}
+
+
+def format_table(report: dict[str, Any]) -> str:
+  lines = [f'reference peak {report["peak"]["peak_flops_per_s"] / 1e9:.1f} GFLOP/s; input '
+           f'pipeline {report["pipeline"]["examples_per_s"]:.0f} examples/s at T=300',
+           f'{"training":<22}{"ms/step":>9}{"ex/s":>8}{"GFLOP":>9}{"MFU":>7}{"wait":>7}'
+           f'{"memory MiB":>12}']
+  for r in report['training']:
+    memory = r['host_rss_bytes'] if r['platform'] == 'cpu' else r['device_memory_bytes']
+    lines.append(f'{r["model"] + "/" + r["size"]:<22}{r["median_step_s"] * 1e3:>9.0f}'
+                 f'{r["examples_per_s"]:>8.1f}{r["flops_per_step"] / 1e9:>9.1f}'
+                 f'{r["mfu"]:>7.1%}{r["data_wait_fraction"]:>7.1%}{(memory or 0) / 2**20:>12.0f}')
+  if report['sampling']:
+    lines.append(f'{"sampling (DDIM)":<22}{"batch":>9}{"s":>8}{"TFLOP":>9}{"MFU":>7}')
+    for r in report['sampling']:
+      lines.append(f'{r["model"] + "/" + r["size"]:<22}{r["batch"]:>9}{r["seconds"]:>8.1f}'
+                   f'{r["flops"] / 1e12:>9.2f}{r["mfu"]:>7.1%}')
+  return '\n'.join(lines)
+
+
+def main() -> None:
+  from absl import app
+  from absl import flags
+  from absl import logging
+
+  out = flags.DEFINE_string('out', None, 'JSON file the figures are written to.', required=True)
+  models = flags.DEFINE_list('models', list(MODELS), 'Models to measure.')
+  sizes = flags.DEFINE_list('sizes', list(SIZES), 'Sizes: bench and/or tiny.')
+  workdir = flags.DEFINE_string('workdir', '/tmp/finedual_benchmark',
+                                'Where the synthetic data set is built and reused.')
+  train_steps = flags.DEFINE_integer('train_steps', 10, 'Timed training steps.', lower_bound=10)
+  sample_batches = flags.DEFINE_list('sample_batches', ['1', '4', '32'], 'Sampling batches.')
+  sample_length = flags.DEFINE_integer('sample_length', 300, 'Frames sampled.', lower_bound=2)
+  ddim_steps = flags.DEFINE_integer('ddim_steps', 50, 'DDIM steps per sample.', lower_bound=1)
+  pipeline_batches = flags.DEFINE_integer('pipeline_batches', 30, 'Timed pipeline batches.',
+                                          lower_bound=1)
+
+  def benchmark(argv) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    if not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)
+    try:
+      batches = [int(b) for b in sample_batches.value]
+      for model in models.value:
+        for size in sizes.value:
+          bench_config(model, size)  # Fails here, before any compilation, on a bad name.
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+    report = run(models=models.value, sizes=tuple(sizes.value), workdir=workdir.value,
+                 train_steps=train_steps.value, sample_batches=batches,
+                 sample_length=sample_length.value, ddim_steps=ddim_steps.value,
+                 pipeline_batches=pipeline_batches.value)
+    print(f'wrote {data_benchmark.write_json(out.value, report)}')
+    print(format_table(report), flush=True)
+    sys.stdout.flush()
+
+  app.run(benchmark)
+
+
+if __name__ == '__main__':
+  main()
