@@ -17,6 +17,7 @@ def baseline_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
   dims = {'tiny': (32, 2, 64, 2), 'small': (128, 4, 256, 4), 'paper': (1024, 8, 2048, 8)}[size]
   config.model.width, config.model.num_heads, config.model.ff_dim, config.model.num_layers = dims
   config.model.dropout = 0.0 if size == 'tiny' else 0.1
+  config.model.remat = False             # True: recompute block activations (less memory).
   for key, value in base.text_model_fields(size).items():
     config.model[key] = value
   for term in ('distance_regression', 'individual_nce', 'overall_nce'):

@@ -133,9 +133,55 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
   return results
 
 
+def training_memory(model: str = 'finedual', *, batch: int = 32, max_len: int = 300,
+                    remat: bool = False, vocab_size: int = 1000) -> dict[str, Any]:
+  """Bytes the paper-scale training step needs on one device at ``batch`` (compiled, not run).
+
+  Arguments + outputs + temporaries of the compiled step, minus donated buffers, from XLA's
+  memory analysis: what has to fit in device memory.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from finedual_jax import train_state as train_state_lib
+  from finedual_jax import train_step as train_step_lib
+  from finedual_jax import trainer
+  from finedual_jax.data import batch as batch_lib
+  from finedual_jax.diffusion.schedule import Schedule
+  from finedual_jax.models.factory import build_model
+  from finedual_jax import parallel
+
+  config = importlib.import_module(MODELS[model]).get_config('size=paper,dataset=synthetic')
+  config.unlock()
+  config.model.remat = remat
+  config.train.batch_size = batch
+  config.data.max_len = max_len
+  config.lock()
+  mesh = parallel.make_mesh(1)
+  net = build_model(config.model, vocab_size=vocab_size, max_text_len=config.data.max_text_len)
+  tx = trainer.make_optimizer(config)
+  state = jax.eval_shape(lambda: train_state_lib.create(
+      trainer.init_params(net, config, jax.random.key(0)), tx, jax.random.key(1)))
+  spec = batch_lib.spec(batch, max_len, config.data.max_text_len)
+  batch_shapes = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
+  step = parallel.data_parallel(train_step_lib.make_train_step(
+      net, tx, Schedule.cosine(config.diffusion.num_steps), mean=jnp.zeros(262),
+      std=jnp.ones(262), cond_drop_p=config.diffusion.cond_drop_p,
+      loss_weights=trainer.loss_weights(config), geometric_max_t=config.losses.geometric_max_t,
+      nce_temperature=config.losses.nce_temperature, ema_decay=config.train.ema_decay), mesh)
+  start = time.perf_counter()
+  memory = step.lower(state, batch_shapes).compile().memory_analysis()
+  total = (memory.argument_size_in_bytes + memory.output_size_in_bytes +
+           memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  return {'model': model, 'batch': batch, 'max_len': max_len, 'remat': remat,
+          'compile_s': time.perf_counter() - start, 'bytes': int(total),
+          'temp_bytes': int(memory.temp_size_in_bytes),
+          'argument_bytes': int(memory.argument_size_in_bytes)}
+
+
 def run(*, models: Sequence[str], sizes: Sequence[str], workdir: str, train_steps: int,
         sample_batches: Sequence[int], sample_length: int, ddim_steps: int,
-        pipeline_batches: int, log=print) -> dict[str, Any]:
+        pipeline_batches: int, memory_check: bool = False, log=print) -> dict[str, Any]:
   import jax
   peak = matmul_peak()
   log(f'reference peak: NumPy {peak["numpy_flops_per_s"] / 1e9:.1f} GFLOP/s, jnp.dot '
@@ -166,8 +212,14 @@ def run(*, models: Sequence[str], sizes: Sequence[str], workdir: str, train_step
           sampling.append(r)
           log(f'sample {model}/{size} batch {r["batch"]}: {r["seconds"]:.1f} s, MFU '
               f'{r["mfu"]:.1%}')
+  memory = []
+  if memory_check:
+    for remat in (False, True):
+      memory.append(training_memory('finedual', remat=remat))
+      log(f'paper FineDual, batch 32, T=300, remat={remat}: '
+          f'{memory[-1]["bytes"] / 2**30:.1f} GiB (target: fits in 16 GiB)')
   return {'machine': data_benchmark.machine_info(), 'peak': peak, 'pipeline': data_rate,
-          'training': training, 'sampling': sampling,
+          'training': training, 'sampling': sampling, 'paper_memory': memory,
           'targets': {'train_mfu': TRAIN_MFU_TARGETS, 'sampling_mfu': SAMPLING_MFU_TARGET,
                       'data_wait_fraction': 0.05}}
 
@@ -182,6 +234,9 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(f'{r["model"] + "/" + r["size"]:<22}{r["median_step_s"] * 1e3:>9.0f}'
                  f'{r["examples_per_s"]:>8.1f}{r["flops_per_step"] / 1e9:>9.1f}'
                  f'{r["mfu"]:>7.1%}{r["data_wait_fraction"]:>7.1%}{(memory or 0) / 2**20:>12.0f}')
+  for r in report.get('paper_memory', []):
+    lines.append(f'paper FineDual B={r["batch"]} T={r["max_len"]} remat={r["remat"]}: '
+                 f'{r["bytes"] / 2**30:.1f} GiB')
   if report['sampling']:
     lines.append(f'{"sampling (DDIM)":<22}{"batch":>9}{"s":>8}{"TFLOP":>9}{"MFU":>7}')
     for r in report['sampling']:
@@ -206,6 +261,10 @@ def main() -> None:
   ddim_steps = flags.DEFINE_integer('ddim_steps', 50, 'DDIM steps per sample.', lower_bound=1)
   pipeline_batches = flags.DEFINE_integer('pipeline_batches', 30, 'Timed pipeline batches.',
                                           lower_bound=1)
+  memory_check = flags.DEFINE_bool(
+      'memory_check', False, 'Also compile (not run) the paper-scale FineDual step at batch 32, '
+      'T=300, with and without remat, and report its device memory. On CPU XLA\'s memory '
+      'analysis does not credit rematerialisation, so run this on the GPU/TPU in question.')
 
   def benchmark(argv) -> None:
     if len(argv) > 1:
@@ -222,7 +281,7 @@ def main() -> None:
     report = run(models=models.value, sizes=tuple(sizes.value), workdir=workdir.value,
                  train_steps=train_steps.value, sample_batches=batches,
                  sample_length=sample_length.value, ddim_steps=ddim_steps.value,
-                 pipeline_batches=pipeline_batches.value)
+                 pipeline_batches=pipeline_batches.value, memory_check=memory_check.value)
     print(f'wrote {data_benchmark.write_json(out.value, report)}')
     print(format_table(report), flush=True)
     sys.stdout.flush()

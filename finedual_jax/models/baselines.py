@@ -33,6 +33,7 @@ class _CooperativeDenoiser(nn.Module):
   text_heads: int = 8
   max_text_len: int = 32
   dropout: float = 0.1
+  remat: bool = False  # Recompute block activations in the backward pass.
   uses_individual_texts = False
 
   @nn.compact
@@ -53,7 +54,8 @@ class _CooperativeDenoiser(nn.Module):
     self_cond = time_cond + cond.person_pooled if self.uses_individual_texts else overall_cond
     h = blocks.MotionIn(self.width, name='motion_in')(blocks.to_streams(x_t))
     for i in range(self.num_layers):
-      h = blocks.Block(self.num_heads, self.ff_dim, self.dropout, name=f'block_{i}')(
+      h = blocks.block(self.num_heads, self.ff_dim, self.dropout, remat=self.remat,
+                       name=f'block_{i}')(
           h, stream_mask, self_cond, blocks.partner(h), blocks.partner(stream_mask),
           cross_cond=overall_cond, deterministic=deterministic)
     return blocks.from_streams(blocks.MotionOut(self.feature_dim, name='head')(h)), {}

@@ -52,6 +52,7 @@ class FineDualDenoiser(nn.Module):
   use_graph: bool = True
   use_refinement: bool = True
   embed_dim: int = 128               # Contrastive (InfoNCE) embedding size.
+  remat: bool = False                # Recompute block activations in the backward pass.
 
   @nn.compact
   def __call__(self, x_t, t, mask, text_tokens, person_tokens, drop_overall=None,
@@ -80,7 +81,8 @@ class FineDualDenoiser(nn.Module):
     # 1. Self-Learning stage: each person with its own text.
     individual_cond = time_cond + cond.person_pooled
     for i in range(self.individual_layers):
-      h = blocks.Block(self.num_heads, self.ff_dim, self.dropout, name=f'individual_{i}')(
+      h = blocks.block(self.num_heads, self.ff_dim, self.dropout, remat=self.remat,
+                       name=f'individual_{i}')(
           h, stream_mask, individual_cond, cond.person_tokens, cond.person_mask,
           deterministic=deterministic)
     embed = nn.Dense(self.embed_dim, name='individual_motion_embed')
@@ -105,7 +107,8 @@ class FineDualDenoiser(nn.Module):
       h = h + nn.Dense(self.width, name='graph_out')(nodes.reshape(*h.shape[:2], -1))
     overall_cond = time_cond + jnp.repeat(cond.overall_pooled, 2, axis=0)
     for i in range(self.interaction_layers):
-      h = blocks.Block(self.num_heads, self.ff_dim, self.dropout, name=f'interaction_{i}')(
+      h = blocks.block(self.num_heads, self.ff_dim, self.dropout, remat=self.remat,
+                       name=f'interaction_{i}')(
           h, stream_mask, overall_cond, blocks.partner(h), blocks.partner(stream_mask),
           deterministic=deterministic)
 
@@ -114,7 +117,8 @@ class FineDualDenoiser(nn.Module):
       overall_tok = jnp.repeat(cond.overall_tokens, 2, axis=0)
       overall_mask = jnp.repeat(cond.overall_mask, 2, axis=0)
       for i in range(self.refinement_layers):
-        h = blocks.Block(self.num_heads, self.ff_dim, self.dropout, name=f'refinement_{i}')(
+        h = blocks.block(self.num_heads, self.ff_dim, self.dropout, remat=self.remat,
+                         name=f'refinement_{i}')(
             h, stream_mask, overall_cond, overall_tok, overall_mask, deterministic=deterministic)
     # The dual-motion feature is symmetric in the persons: the mean of both streams' pools.
     pooled = blocks.masked_pool(h, stream_mask).reshape(batch, 2, -1).mean(axis=1)

@@ -173,3 +173,29 @@ def test_batched_guidance_equals_separate_passes(setup):
   individual = apply(x, t, mask, text, persons, yes, no)[0]
   expected = uncond + 2.5 * (overall - uncond) + 1.5 * (individual - uncond)
   np.testing.assert_allclose(np.asarray(guided), np.asarray(expected), atol=1e-4)
+
+
+@pytest.mark.parametrize('variant', ['finedual'])  # The baselines use the same block().
+def test_remat_changes_memory_not_results(variant):
+  x, t, mask, text, persons = _inputs()
+  fields = dict(VARIANTS[variant])
+  extra = TINY_FINEDUAL if fields['name'] == 'finedual' else TINY
+  models = [factory.build_model(ml_collections.ConfigDict(dict(extra, remat=remat, **fields)),
+                                vocab_size=V, max_text_len=L) for remat in (False, True)]
+  params = models[0].init(jax.random.key(3), x, t, mask, text, persons)['params']
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape),
+                        params)
+  assert (jax.tree.structure(models[1].init(jax.random.key(3), x, t, mask, text, persons)
+                             ['params']) == jax.tree.structure(params))
+
+  def loss(model, p):
+    out, _ = model.apply({'params': p}, x, t, mask, text, persons, deterministic=False,
+                         rngs={'dropout': jax.random.key(2)})
+    return jnp.sum(out ** 2)
+
+  values = [jax.value_and_grad(lambda p, m=m: loss(m, p))(params) for m in models]
+  np.testing.assert_allclose(values[0][0], values[1][0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(values[0][1]), jax.tree.leaves(values[1][1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # Reassociated float32 sums.
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: loss(models[1], p)))(params))
+  assert 'remat' in jaxpr or 'checkpoint' in jaxpr
