@@ -30,7 +30,8 @@ class Block(nn.Module):
 
     def attend(query, kv, kv_mask, name):
       return nn.MultiHeadDotProductAttention(
-          self.num_heads, dropout_rate=self.dropout, deterministic=deterministic, name=name)(
+          self.num_heads, dropout_rate=self.dropout, deterministic=deterministic,
+          attention_fn=layers.attention, name=name)(
               query, kv, mask=layers.attention_mask(x_mask, kv_mask))
 
     h, gate = layers.AdaLN(name='ln_self')(x, cond)

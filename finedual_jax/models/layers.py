@@ -57,6 +57,20 @@ class AdaLN(nn.Module):
     return normed * (1.0 + scale) + shift, gate
 
 
+def attention(query, key, value, bias=None, mask=None, *, dropout_rate: float = 0.0,
+              deterministic: bool = True, **kwargs):
+  """``attention_fn`` for flax's MultiHeadDotProductAttention.
+
+  Without attention dropout (sampling, evaluation, dropout 0) it is
+  ``jax.nn.dot_product_attention``, which JAX may lower to a fused kernel (cuDNN's on GPU);
+  with dropout, flax's own implementation, which supports it. Both compute the same function.
+  """
+  if deterministic or dropout_rate == 0.0:
+    return jax.nn.dot_product_attention(query, key, value, bias, mask)
+  return nn.dot_product_attention(query, key, value, bias, mask, dropout_rate=dropout_rate,
+                                  deterministic=deterministic, **kwargs)
+
+
 def attention_mask(query_mask: jax.Array, key_mask: jax.Array) -> jax.Array:
   """[N, Tq], [N, Tk] validity -> [N, 1, Tq, Tk] boolean mask (padded keys are never attended)."""
   del query_mask  # Padded query rows are masked out by the losses; they may attend freely.

@@ -48,7 +48,8 @@ class TextEncoder(nn.Module):
     for i in range(self.depth):
       h = nn.LayerNorm(name=f'ln_attn_{i}')(x)
       h = nn.MultiHeadDotProductAttention(self.num_heads, dropout_rate=self.dropout,
-                                          deterministic=deterministic, name=f'attn_{i}')(
+                                          deterministic=deterministic,
+                                          attention_fn=layers.attention, name=f'attn_{i}')(
                                               h, h, mask=attn_mask)
       x = x + h
       h = nn.LayerNorm(name=f'ln_ffn_{i}')(x)
