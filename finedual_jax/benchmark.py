@@ -101,6 +101,7 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
   from finedual_jax import generation
   from finedual_jax import trainer
   from finedual_jax.diffusion.schedule import Schedule
+  from finedual_jax.models import precision
   from finedual_jax.models.factory import build_model
 
   model = build_model(config.model, vocab_size=artifacts.tokenizer.vocab_size,
@@ -110,7 +111,8 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
   sample_fn = generation.make_sampler(
       model, Schedule.cosine(config.diffusion.num_steps),
       w_overall=config.diffusion.guidance_overall,
-      w_individual=config.diffusion.guidance_individual, ddim_steps=ddim_steps)
+      w_individual=config.diffusion.guidance_individual, ddim_steps=ddim_steps,
+      compute_dtype=precision.compute_dtype(config.model))
   results = []
   for batch in batch_sizes:
     noise = jnp.zeros((batch, length, 2, artifacts.representation.feature_dim))

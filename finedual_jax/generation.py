@@ -21,6 +21,7 @@ from finedual_jax.data import representation as representation_lib
 from finedual_jax.data.pipeline import Artifacts
 from finedual_jax.diffusion import sampler as sampler_lib
 from finedual_jax.diffusion.schedule import Schedule
+from finedual_jax.models import precision
 from finedual_jax.motion import bvh
 from finedual_jax.motion import render
 
@@ -92,7 +93,7 @@ def parse_length(value: str | int, *, max_len: int, fps: int = 30) -> int:
 
 
 def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: float,
-                 ddim_steps: int):
+                 ddim_steps: int, compute_dtype: Any = jnp.float32):
   """Compiles ``sample(params, noise, mask, text, person) -> x0`` (normalised); ``text`` and
   ``person`` are token ids or ``batch.TextFeatures``, as ``batch.text_inputs`` gives them."""
 
@@ -100,9 +101,9 @@ def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: f
     def denoise(x_t, t, drop_overall, drop_individual):
       reps = x_t.shape[0] // noise.shape[0]
       tile = lambda a: jnp.tile(a, (reps,) + (1,) * (a.ndim - 1))  # The guidance branches.
-      x0, _ = model.apply({'params': params}, x_t, t, tile(mask), jax.tree.map(tile, text),
-                          jax.tree.map(tile, person), drop_overall, drop_individual,
-                          deterministic=True)
+      x0, _ = precision.apply(model, params, x_t, t, tile(mask), jax.tree.map(tile, text),
+                              jax.tree.map(tile, person), drop_overall, drop_individual,
+                              dtype=compute_dtype, deterministic=True)
       return x0 * jnp.tile(mask, (reps, 1))[:, :, None, None]
 
     guided = sampler_lib.guided_denoiser(denoise, w_overall, w_individual)

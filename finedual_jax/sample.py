@@ -25,6 +25,7 @@ from absl import logging
 
 from finedual_jax import generation
 from finedual_jax import trainer
+from finedual_jax.models import precision
 from finedual_jax.motion import render
 
 _WORKDIR = flags.DEFINE_string('workdir', 'finedual_run', 'A training run folder.')
@@ -123,7 +124,8 @@ def sample_prompts(workdir: str | pathlib.Path, prompts: Sequence[generation.Pro
         artifacts.tokenizer.encode(text, config.data.max_text_len, truncate=False)
       else:
         artifacts.text_features.lookup([text])
-  sample_fn = generation.make_sampler(model, schedule, **guidance)
+  sample_fn = generation.make_sampler(model, schedule, **guidance,
+                                      compute_dtype=precision.compute_dtype(config.model))
   params = state.params if settings.raw_weights else state.ema_params
   jobs = [(i, j) for i in range(len(prompts)) for j in range(settings.num_samples)]
   out_dir = pathlib.Path(out_dir)

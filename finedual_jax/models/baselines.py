@@ -49,7 +49,7 @@ class _CooperativeDenoiser(nn.Module):
                                text_tokens, person_tokens, drop_overall, drop_individual,
                                deterministic=deterministic)
     stream_mask = jnp.repeat(mask, 2, axis=0)
-    time_cond = jnp.repeat(layers.TimestepEmbedding(self.width, name='time_embed')(t), 2, axis=0)
+    time_cond = jnp.repeat(layers.TimestepEmbedding(self.width, name='time_embed')(t, x_t.dtype), 2, axis=0)
     overall_cond = time_cond + jnp.repeat(cond.overall_pooled, 2, axis=0)
     self_cond = time_cond + cond.person_pooled if self.uses_individual_texts else overall_cond
     h = blocks.MotionIn(self.width, name='motion_in')(blocks.to_streams(x_t))

@@ -99,7 +99,8 @@ class MotionIn(nn.Module):
   @nn.compact
   def __call__(self, streams: jax.Array) -> jax.Array:
     h = nn.Dense(self.width, name='proj')(streams)
-    return h + layers.sinusoidal_embedding(jnp.arange(streams.shape[1]), self.width)[None]
+    positions = layers.sinusoidal_embedding(jnp.arange(streams.shape[1]), self.width)
+    return h + positions[None].astype(h.dtype)
 
 
 class MotionOut(nn.Module):

@@ -74,7 +74,7 @@ class FineDualDenoiser(nn.Module):
                                text_tokens, person_tokens, drop_overall, drop_individual,
                                deterministic=deterministic)
     stream_mask = jnp.repeat(mask, 2, axis=0)
-    time_cond = jnp.repeat(layers.TimestepEmbedding(self.width, name='time_embed')(t), 2, axis=0)
+    time_cond = jnp.repeat(layers.TimestepEmbedding(self.width, name='time_embed')(t, x_t.dtype), 2, axis=0)
     h = blocks.MotionIn(self.width, name='motion_in')(blocks.to_streams(x_t))
     aux = {}
 

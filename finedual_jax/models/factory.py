@@ -20,6 +20,7 @@ def build_model(model_config: ml_collections.ConfigDict, *, vocab_size: int, max
   """
   fields = dict(model_config)
   name = fields.pop('name')
+  fields.pop('compute_dtype', None)  # A policy of the caller (models/precision.py).
   if name not in MODELS:
     raise ValueError(f'config.model.name: unknown model {name!r}; expected one of {sorted(MODELS)}.')
   try:

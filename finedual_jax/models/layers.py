@@ -18,12 +18,12 @@ def sinusoidal_embedding(positions: jax.Array, dim: int, max_period: float = 100
 
 
 class TimestepEmbedding(nn.Module):
-  """Diffusion timestep [B] -> conditioning vector [B, width]."""
+  """Diffusion timestep [B] -> conditioning vector [B, width] (in ``dtype``)."""
   width: int
 
   @nn.compact
-  def __call__(self, t: jax.Array) -> jax.Array:
-    h = nn.Dense(self.width)(sinusoidal_embedding(t, self.width))
+  def __call__(self, t: jax.Array, dtype=jnp.float32) -> jax.Array:
+    h = nn.Dense(self.width)(sinusoidal_embedding(t, self.width).astype(dtype))
     return nn.Dense(self.width)(nn.silu(h))
 
 
@@ -66,6 +66,8 @@ def attention(query, key, value, bias=None, mask=None, *, dropout_rate: float = 
   with dropout, flax's own implementation, which supports it. Both compute the same function.
   """
   if deterministic or dropout_rate == 0.0:
+    dtype = jnp.result_type(query, key, value)  # The fused kernel wants one dtype.
+    query, key, value = (a.astype(dtype) for a in (query, key, value))
     return jax.nn.dot_product_attention(query, key, value, bias, mask)
   return nn.dot_product_attention(query, key, value, bias, mask, dropout_rate=dropout_rate,
                                   deterministic=deterministic, **kwargs)
