@@ -36,6 +36,7 @@ import tensorflow_datasets as tfds
 from data_pipelines import staging
 from finedual_jax.data import decompose
 from finedual_jax.data import decompositions as decompositions_lib
+from finedual_jax.data.text_files import read_lines
 from finedual_jax.motion import features as features_lib
 
 MIN_FRAMES = 15  # Shorter clips are dropped, as the reference loader does.
@@ -77,15 +78,6 @@ class TooShort(ClipProblem):
   """A clip under MIN_FRAMES: skipped (and recorded) in both modes, as the reference does."""
 
 
-def read_lines(path: pathlib.Path) -> list[str]:
-  """Non-blank stripped lines of a UTF-8 text file; a ValueError names the file otherwise."""
-  try:
-    text = path.read_text(encoding='utf-8')
-  except UnicodeDecodeError as e:
-    raise ValueError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start}).') from None
-  return [line.strip() for line in text.splitlines() if line.strip()]
-
-
 def load_raw(path: pathlib.Path, clip_id: str = '') -> np.ndarray:
   """One person's raw (T, 492) motion; a ClipProblem says why a file cannot be used."""
   if not path.is_file():
@@ -115,6 +107,20 @@ def check_layout(root: pathlib.Path) -> None:
       raise FileNotFoundError(
           f'{path} not found: the manual directory {root} must hold InterHuman\'s official '
           'layout (annots/, motions_processed/person1|person2/, split/{train,val,test}.txt).')
+
+
+def clip_features(motion_dim: int) -> tfds.features.FeaturesDict:
+  """What every builder stores per clip (InterHuman's and Inter-X's read the same way)."""
+  return tfds.features.FeaturesDict({
+      'clip_id': tfds.features.Text(),
+      'motion': tfds.features.Tensor(shape=(None, 2, motion_dim), dtype=np.float32),
+      'num_frames': np.int32,
+      'captions': tfds.features.Sequence(tfds.features.Text()),
+      'person1_texts': tfds.features.Sequence(tfds.features.Text()),
+      'person2_texts': tfds.features.Sequence(tfds.features.Text()),
+      'person_text_source': tfds.features.Sequence(tfds.features.Text()),
+      'mirrored': np.bool_,
+  })
 
 
 @dataclasses.dataclass
@@ -222,21 +228,10 @@ class InterHuman(tfds.core.GeneratorBasedBuilder):
     return self.report.on_error == 'strict'
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            'clip_id': tfds.features.Text(),
-            # [T, 2, 192]: per person 22x3 positions then 21x6 local rotations, y-up, metres.
-            'motion': tfds.features.Tensor(shape=(None, 2, features_lib.USED_DIM), dtype=np.float32),
-            'num_frames': np.int32,
-            'captions': tfds.features.Sequence(tfds.features.Text()),
-            'person1_texts': tfds.features.Sequence(tfds.features.Text()),
-            'person2_texts': tfds.features.Sequence(tfds.features.Text()),
-            'person_text_source': tfds.features.Sequence(tfds.features.Text()),
-            'mirrored': np.bool_,
-        }),
-        supervised_keys=None,
-        homepage='https://tr3e.github.io/intergen-page/',
-    )
+    # motion [T, 2, 192]: per person 22x3 positions then 21x6 local rotations, y-up, metres.
+    return self.dataset_info_from_configs(features=clip_features(features_lib.USED_DIM),
+                                          supervised_keys=None,
+                                          homepage='https://tr3e.github.io/intergen-page/')
 
   def _split_generators(self, dl_manager):
     root = pathlib.Path(dl_manager.manual_dir)

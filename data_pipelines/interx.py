@@ -42,8 +42,10 @@ import h5py
 import numpy as np
 import tensorflow_datasets as tfds
 
+from data_pipelines import interhuman
 from data_pipelines import staging
 from finedual_jax.data import decompose
+from finedual_jax.data.text_files import read_lines
 from finedual_jax.motion import features as features_lib
 from finedual_jax.motion import rotation_features
 from finedual_jax.motion import skeleton
@@ -79,20 +81,11 @@ def check_layout(root: pathlib.Path, *, motions_dir: str = 'motions', texts_dir:
           'splits_dir).')
 
 
-def _read_lines(path: pathlib.Path) -> list[str]:
-  try:
-    text = path.read_bytes().decode('utf-8')
-  except UnicodeDecodeError as e:
-    raise ValueError(f'{path}: not UTF-8 text (invalid byte at offset {e.start}); re-save the '
-                     'file as UTF-8.') from e
-  return [line.strip() for line in text.splitlines() if line.strip()]
-
-
 def read_captions(path: pathlib.Path) -> list[str]:
   """Captions of one clip, one per line; ``texts_processed`` lines keep the part before '#'."""
   if not path.is_file():
     raise FileNotFoundError(f'caption file missing: {path}')
-  captions = [c for c in (line.split('#', 1)[0].strip() for line in _read_lines(path)) if c]
+  captions = [c for c in (line.split('#', 1)[0].strip() for line in read_lines(path)) if c]
   if not captions:
     raise ValueError(f'{path}: no captions (expected one caption per line).')
   return captions
@@ -189,20 +182,9 @@ class Interx(tfds.core.GeneratorBasedBuilder):
     else:
       # Per person root translation, global orient 6D, 21x6 local rotations, y-up, metres.
       dim = rotation_features.STORED_DIM
-    return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            'clip_id': tfds.features.Text(),
-            'motion': tfds.features.Tensor(shape=(None, 2, dim), dtype=np.float32),
-            'num_frames': np.int32,
-            'captions': tfds.features.Sequence(tfds.features.Text()),
-            'person1_texts': tfds.features.Sequence(tfds.features.Text()),
-            'person2_texts': tfds.features.Sequence(tfds.features.Text()),
-            'person_text_source': tfds.features.Sequence(tfds.features.Text()),
-            'mirrored': np.bool_,
-        }),
-        supervised_keys=None,
-        homepage='https://liangxuy.github.io/inter-x/',
-    )
+    return self.dataset_info_from_configs(features=interhuman.clip_features(dim),
+                                          supervised_keys=None,
+                                          homepage='https://liangxuy.github.io/inter-x/')
 
   def _split_generators(self, dl_manager):
     root = pathlib.Path(dl_manager.manual_dir)
@@ -213,7 +195,7 @@ class Interx(tfds.core.GeneratorBasedBuilder):
     stats = {'clips': 0, 'short': 0, 'rule_texts': 0}
     split_file = root / self._layout['splits_dir'] / f'{split}.txt'
     motion_file = root / self._layout['motions_dir'] / f'{split}.h5'
-    clip_ids = _read_lines(split_file)
+    clip_ids = read_lines(split_file)
     duplicates = sorted(c for c, n in collections.Counter(clip_ids).items() if n > 1)
     if duplicates:
       raise ValueError(f'{split_file}: clip ids listed more than once: {duplicates[:5]}.')

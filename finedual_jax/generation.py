@@ -18,6 +18,7 @@ from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import decompose
 from finedual_jax.data import decompositions as decompositions_lib
 from finedual_jax.data import representation as representation_lib
+from finedual_jax.data import text_files
 from finedual_jax.data.pipeline import Artifacts
 from finedual_jax.diffusion import sampler as sampler_lib
 from finedual_jax.diffusion.schedule import Schedule
@@ -68,10 +69,7 @@ def read_prompt_file(path: str | pathlib.Path) -> list[str]:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'prompt file not found: {path}')
-  try:
-    lines = path.read_text(encoding='utf-8').splitlines()
-  except UnicodeDecodeError as e:
-    raise ValueError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start}).') from None
+  lines = text_files.read_text(path).splitlines()
   prompts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith('#')]
   if not prompts:
     raise ValueError(f'{path}: no prompts (expected one caption per line).')

@@ -18,6 +18,8 @@ import json
 import pathlib
 from typing import Iterable, Literal
 
+from finedual_jax.data import text_files
+
 FIELDS = ('clip_id', 'caption_index', 'overall', 'person1', 'person2', 'model', 'prompt_version')
 OnError = Literal['strict', 'skip']
 
@@ -75,10 +77,7 @@ def read_jsonl(path: str | pathlib.Path, on_error: OnError = 'strict'
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f'decomposition file not found: {path}')
-  try:
-    lines = path.read_text(encoding='utf-8').splitlines()
-  except UnicodeDecodeError as e:
-    raise ValueError(f'{path}: not UTF-8 text ({e.reason} at byte {e.start}).') from e
+  lines = text_files.read_text(path).splitlines()
   records, problems, seen = [], [], {}
   for number, line in enumerate(lines, start=1):
     if not line.strip():

@@ -226,4 +226,4 @@ def test_bad_caption_file(built, tmp_path, defect):
     _build_fails(root, tmp_path, ValueError, 'G003T002A011R003.txt: no captions')
   else:
     path.write_bytes('Two people hug.\n'.encode('utf-8') + b'\xff\xfe caf\xe9\n')
-    _build_fails(root, tmp_path, ValueError, 'G003T002A011R003.txt: not UTF-8 .*offset 16')
+    _build_fails(root, tmp_path, ValueError, 'G003T002A011R003.txt: not UTF-8 .*byte 16')
