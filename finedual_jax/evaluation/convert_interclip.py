@@ -352,12 +352,20 @@ def _check_tree(params, config):
 
 
 def save_converted(params: Any, config: dict[str, Any], out_dir: str | pathlib.Path,
-                   source: dict[str, Any] | None = None) -> pathlib.Path:
-  """Writes ``params.msgpack`` and ``config.json`` (``{'model': fields, 'source': ...}``)."""
+                   source: dict[str, Any] | None = None, tokenizer: str = '') -> pathlib.Path:
+  """Writes ``params.msgpack`` and ``config.json`` (``{'model': fields, 'source': ...}``).
+
+  ``tokenizer`` says how texts become ids for this evaluator, ``'clip:<merges file>'`` or
+  ``'sentencepiece:<model file>'`` (relative paths are relative to ``out_dir``); it is stored
+  as config.json's ``tokenizer`` field when given (``evaluation.evaluator_files`` reads it).
+  """
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   (out / PARAMS_FILE).write_bytes(flax.serialization.msgpack_serialize(params))
-  (out / CONFIG_FILE).write_text(json.dumps({'model': config, 'source': source or {}}, indent=2))
+  record = {'model': config, 'source': source or {}}
+  if tokenizer:
+    record['tokenizer'] = tokenizer
+  (out / CONFIG_FILE).write_text(json.dumps(record, indent=2))
   return out
 
 
@@ -384,19 +392,27 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--text-heads', type=int, default=8)
   parser.add_argument('--end-token', type=int, default=None,
                       help='id pooled by the text encoder (default: the largest id, as CLIP\'s)')
+  parser.add_argument('--clip-merges', default='',
+                      help='bpe_simple_vocab_16e6.txt.gz, recorded as the evaluator\'s tokenizer '
+                      '(python -m finedual_jax.evaluate then needs no --evaluator_tokenizer)')
   args = parser.parse_args(argv)
   overrides = dict(motion_heads=args.motion_heads, text_heads=args.text_heads)
   if args.end_token is not None:
     overrides['end_token'] = args.end_token
   try:
+    if args.clip_merges and not pathlib.Path(args.clip_merges).is_file():
+      raise FileNotFoundError(f'--clip-merges: {args.clip_merges} not found; it ships inside the '
+                              '`clip` package as clip/bpe_simple_vocab_16e6.txt.gz.')
     state = load_torch_state_dict(args.checkpoint)
     config = infer_config(state, **overrides)
     params = convert_state_dict(state, config, source=args.checkpoint)
   except (ValueError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
+  tokenizer = f'clip:{pathlib.Path(args.clip_merges).absolute()}' if args.clip_merges else ''
   out = save_converted(params, config, args.out,
-                       source={'checkpoint': str(pathlib.Path(args.checkpoint).absolute())})
+                       source={'checkpoint': str(pathlib.Path(args.checkpoint).absolute())},
+                       tokenizer=tokenizer)
   count = sum(x.size for x in jax.tree.leaves(params))
   print(f'wrote {out / PARAMS_FILE} ({count:,} parameters) and {out / CONFIG_FILE}')
   return 0
