@@ -110,6 +110,22 @@ def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: f
   return jax.jit(sample)
 
 
+def encode_texts(artifacts: Artifacts, texts: Sequence[str], person1: Sequence[str],
+                 person2: Sequence[str], max_text_len: int, *, truncate: bool = False):
+  """The denoiser's text inputs for N prompts: (overall, per-person) token ids [N, L] and
+  [N, 2, L], or ``batch.TextFeatures`` when the run was trained on frozen text features."""
+  n = len(texts)
+  flat = [t for triple in zip(texts, person1, person2) for t in triple]
+  if artifacts.text_features is not None:
+    features, mask = artifacts.text_features.lookup(flat)
+    features = jnp.asarray(features.reshape(n, 3, *features.shape[1:]))
+    mask = jnp.asarray(mask.reshape(n, 3, -1))
+    return (batch_lib.TextFeatures(features[:, 0], mask[:, 0]),
+            batch_lib.TextFeatures(features[:, 1:], mask[:, 1:]))
+  tokens = artifacts.tokenizer.encode(flat, max_text_len, truncate=truncate).reshape(n, 3, -1)
+  return jnp.asarray(tokens[:, 0]), jnp.asarray(tokens[:, 1:])
+
+
 def generate(sample_fn, params, artifacts: Artifacts, prompts: Sequence[Prompt], *,
              length: int, max_len: int, max_text_len: int, seed: int,
              sample_ids: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
@@ -129,16 +145,8 @@ def generate(sample_fn, params, artifacts: Artifacts, prompts: Sequence[Prompt],
   base = jax.random.key(seed)
   noise = jnp.stack([jax.random.normal(jax.random.fold_in(jax.random.fold_in(base, i), j), shape)
                      for i, j in sample_ids])
-  texts = [t for p in prompts for t in (p.text, p.person1, p.person2)]
-  if artifacts.text_features is not None:  # The run was trained on frozen text features.
-    features, feature_mask = artifacts.text_features.lookup(texts)
-    features = jnp.asarray(features.reshape(n, 3, *features.shape[1:]))
-    feature_mask = jnp.asarray(feature_mask.reshape(n, 3, -1))
-    text = batch_lib.TextFeatures(features[:, 0], feature_mask[:, 0])
-    person = batch_lib.TextFeatures(features[:, 1:], feature_mask[:, 1:])
-  else:
-    tokens = artifacts.tokenizer.encode(texts, max_text_len, truncate=False).reshape(n, 3, -1)
-    text, person = jnp.asarray(tokens[:, 0]), jnp.asarray(tokens[:, 1:])
+  text, person = encode_texts(artifacts, [p.text for p in prompts], [p.person1 for p in prompts],
+                              [p.person2 for p in prompts], max_text_len)
   x0 = sample_fn(params, noise, jnp.asarray(mask), text, person)
   x0 = np.asarray(jax.device_get(x0))[:, :length]
   return artifacts.denormalise(x0).transpose(0, 2, 1, 3)

@@ -27,11 +27,11 @@ import numpy as np
 
 from finedual_jax import generation
 from finedual_jax import trainer
-from finedual_jax.data import batch as batch_lib
 from finedual_jax.data.pipeline import Artifacts
 from finedual_jax.diffusion.schedule import Schedule, q_sample
 from finedual_jax.evaluation import ground_truth
 from finedual_jax.evaluation import metrics
+from finedual_jax.models import precision
 from finedual_jax.motion import body_parts
 
 # Noise levels at which the distance predictor is scored (low, middle, high noise of 1000).
@@ -124,7 +124,8 @@ class Sampler:
     self.run, self.batch_size = run, batch_size
     self._sample = generation.make_sampler(
         run.model, run.schedule, w_overall=run.settings['guidance_overall'],
-        w_individual=run.settings['guidance_individual'], ddim_steps=run.settings['ddim_steps'])
+        w_individual=run.settings['guidance_individual'], ddim_steps=run.settings['ddim_steps'],
+        compute_dtype=precision.compute_dtype(run.config.model))
     shape = (run.max_len, 2, run.artifacts.representation.feature_dim)
 
     def noise(base, i, j):  # generation.generate's keying, vectorised.
@@ -136,17 +137,8 @@ class Sampler:
         {'params': p}, x, t, m, text, person, deterministic=True)[1])
 
   def _texts(self, texts: Sequence[str], person1: Sequence[str], person2: Sequence[str]):
-    run, n = self.run, len(texts)
-    flat = [t for triple in zip(texts, person1, person2) for t in triple]
-    if run.artifacts.text_features is not None:  # Trained on frozen text features.
-      features, mask = run.artifacts.text_features.lookup(flat)
-      features = jnp.asarray(features.reshape(n, 3, *features.shape[1:]))
-      mask = jnp.asarray(mask.reshape(n, 3, -1))
-      return (batch_lib.TextFeatures(features[:, 0], mask[:, 0]),
-              batch_lib.TextFeatures(features[:, 1:], mask[:, 1:]))
-    tokens = run.artifacts.tokenizer.encode(flat, run.config.data.max_text_len)
-    tokens = tokens.reshape(n, 3, -1)
-    return jnp.asarray(tokens[:, 0]), jnp.asarray(tokens[:, 1:])
+    return generation.encode_texts(self.run.artifacts, texts, person1, person2,
+                                   self.run.config.data.max_text_len, truncate=True)
 
   def _chunks(self, n: int):
     for start in range(0, n, self.batch_size):
