@@ -86,11 +86,22 @@ def base_config(size: str, dataset: str) -> ml_collections.ConfigDict:
   config.train.batch_size = 8 if tiny else (64 if paper else 16)  # Global, all devices.
   config.train.ema_decay = 0.99 if tiny else 0.999
   config.train.log_every = 2 if tiny else 100
+  config.train.grad_accum_steps = 1     # Micro-batches per update: each device holds
+                                         # batch_size / (devices x grad_accum_steps) at a time.
   config.train.checkpoint_every = 3 if tiny else (5000 if paper else 500)
-  config.train.max_to_keep = 3
+  config.train.max_to_keep = 3           # Most recent checkpoints kept ...
+  config.train.keep_every = 0 if not paper else 50_000  # ... plus every step % this == 0 (0: off).
+  config.train.eval_every = 0 if tiny else (5000 if paper else 500)  # Validation loss (0: off).
+  config.train.eval_batches = 2 if not paper else 8  # Global batches of the val split per eval.
+  config.train.eval_seed = 0             # Timesteps and noise of the validation loss.
+  config.train.sample_every = 0 if not paper else 20_000  # Val prompts rendered (0: off).
+  config.train.sample_prompts = 2        # How many (the first captions of the val split).
+  config.train.nan_policy = 'stop'       # Non-finite loss: 'stop' (diagnostic checkpoint under
+                                         # WORKDIR/diagnostics, then an error) or 'skip' the update.
 
   config.parallel = ml_collections.ConfigDict()
-  config.parallel.num_devices = 0        # 0: every device JAX sees.
+  config.parallel.num_devices = 0        # 0: every device JAX sees (all processes).
+  config.parallel.backend = 'shard_map'  # Or 'pmap': the same per-device step via jax.pmap.
 
   config.sample = ml_collections.ConfigDict()
   config.sample.text = DEFAULT_PROMPT    # Rendered after training; '' to skip.

@@ -1,4 +1,5 @@
-"""The train state (step, params, EMA params, optimizer state, RNG) and the optimizer."""
+"""The train state (step, params, EMA params, optimizer state, RNG, skipped updates) and the
+optimizer."""
 
 from __future__ import annotations
 
@@ -12,12 +13,18 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a training step reads and writes; a pytree, checkpointed whole."""
+  """Everything a training step reads and writes; a pytree, checkpointed whole.
+
+  ``step`` counts batches consumed (so it also advances on a skipped update) and keys the
+  step's randomness; ``skipped_steps`` counts updates discarded for a non-finite loss or
+  gradient. With the input pipeline's state, this is all an exact resume needs.
+  """
   step: jax.Array
   params: Any
   ema_params: Any
   opt_state: Any
   rng: jax.Array
+  skipped_steps: jax.Array = 0
 
 
 def make_optimizer(*, learning_rate: float, warmup_steps: int, total_steps: int,
@@ -33,7 +40,8 @@ def make_optimizer(*, learning_rate: float, warmup_steps: int, total_steps: int,
 
 def create(params: Any, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), rng=rng)
+                    ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params), rng=rng,
+                    skipped_steps=jnp.zeros((), jnp.int32))
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:

@@ -1,8 +1,9 @@
-"""The per-device training step: a pure function of (state, batch), compiled once.
+"""The per-device training and validation steps: pure functions, compiled once.
 
 Written in the pmap model: each device sees its slice of the batch, randomness is keyed on the
-global example index (so it does not depend on the device count), and gradients and metrics are
-averaged over ``parallel.DATA_AXIS``.
+global example index (so it depends neither on the device count nor on how the batch is split
+into accumulation micro-batches), and gradients and metrics are averaged over
+``parallel.DATA_AXIS``.
 """
 
 from __future__ import annotations
@@ -56,56 +57,142 @@ def auxiliary_losses(aux: Mapping[str, jax.Array], x0: jax.Array, mask: jax.Arra
   return terms
 
 
+def _draws(keys: jax.Array, shape: tuple[int, ...], dtype, num_steps: int):
+  """Per-example keys [B] -> (timesteps [B], noise [B, *shape], uniforms [B]) for the loss."""
+  t = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 0), (), 0, num_steps))(keys)
+  noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), shape, dtype))(keys)
+  u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 2)))(keys)
+  return t, noise, u
+
+
+def _make_loss(model: nn.Module, schedule: Schedule, *, mean: jax.Array, std: jax.Array,
+               loss_weights: Mapping[str, float], geometric_max_t: int,
+               nce_temperature: float) -> Callable:
+  """``loss(params, batch, t, noise, drop_overall, drop_individual, deterministic, rngs)
+  -> (total, terms)`` on one device's examples."""
+  weights = dict(loss_weights)
+
+  def loss(params, batch, t, noise, drop_overall, drop_individual, deterministic, rngs):
+    x0 = batch[batch_lib.MOTION]
+    x_t = q_sample(schedule, x0, t, noise) * batch[batch_lib.MASK][:, :, None, None]
+    pred, aux = model.apply({'params': params}, x_t, t, batch[batch_lib.MASK],
+                            *batch_lib.text_inputs(batch), drop_overall, drop_individual,
+                            deterministic=deterministic, rngs=rngs)
+    extra = auxiliary_losses(aux, x0, batch[batch_lib.MASK], drop_overall, drop_individual,
+                             mean, std, weights, nce_temperature)
+    # Weighted terms the model cannot produce (a baseline has no aux) are left out.
+    usable = {k: v for k, v in weights.items() if k in losses_lib.MOTION_TERMS or k in extra}
+    terms = losses_lib.training_losses(pred, x0, batch[batch_lib.MASK], t, mean, std, usable,
+                                       geometric_max_t, extra)
+    return terms['total'], terms
+
+  return loss
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: Schedule, *,
                     mean: jax.Array, std: jax.Array, cond_drop_p: float,
                     loss_weights: Mapping[str, float], geometric_max_t: int,
-                    nce_temperature: float, ema_decay: float) -> Callable:
+                    nce_temperature: float, ema_decay: float,
+                    grad_accum_steps: int = 1) -> Callable:
   """Returns ``step(state, batch) -> (state, metrics)`` to run per device.
 
   ``loss_weights`` name every term (``losses.INTERGEN_WEIGHTS`` plus FineDual's
   ``distance_regression``, ``individual_nce`` and ``overall_nce``); 0 switches one off.
+
+  With ``grad_accum_steps`` = k, each device's rows are k micro-batches run one after the
+  other (``lax.scan``) and their mean gradient makes one optimizer update, which equals the
+  update of the whole batch at once: every term is a mean of per-example values and every draw
+  is keyed on the global example index. The exception is InfoNCE, whose negatives are the
+  micro-batch's (over all devices), not the whole batch's.
+
+  A step whose loss or gradient is not finite changes nothing but ``step`` and
+  ``skipped_steps`` (decided on the device, without a host round trip); its metrics report
+  ``update_skipped`` = 1 so the loop can apply ``train.nan_policy``.
   """
-  weights = dict(loss_weights)
+  loss = _make_loss(model, schedule, mean=mean, std=std, loss_weights=loss_weights,
+                    geometric_max_t=geometric_max_t, nce_temperature=nce_temperature)
+
+  def grads_and_terms(params, batch, indices, example_rng, dropout_rng):
+    x0 = batch[batch_lib.MOTION]
+    keys = jax.vmap(lambda i: jax.random.fold_in(example_rng, i))(indices)
+    t, noise, u = _draws(keys, x0.shape[1:], x0.dtype, schedule.num_steps)
+    drop_overall, drop_individual = condition_dropout(u, cond_drop_p)
+    grads, terms = jax.grad(
+        lambda p: loss(p, batch, t, noise, drop_overall, drop_individual, False,
+                       {'dropout': dropout_rng}), has_aux=True)(params)
+    return grads, terms
 
   def step(state: train_state_lib.TrainState, batch: dict[str, jax.Array]):
-    x0 = batch[batch_lib.MOTION]
-    local = x0.shape[0]
+    local = batch[batch_lib.MOTION].shape[0]
+    indices = parallel.example_indices(local)
     rng = jax.random.fold_in(state.rng, state.step)
     example_rng, dropout_rng = jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1)
-    keys = jax.vmap(lambda i: jax.random.fold_in(example_rng, i))(parallel.example_indices(local))
-    t = jax.vmap(lambda k: jax.random.randint(jax.random.fold_in(k, 0), (), 0,
-                                              schedule.num_steps))(keys)
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), x0.shape[1:],
-                                                 x0.dtype))(keys)
-    u = jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 2)))(keys)
-    drop_overall, drop_individual = condition_dropout(u, cond_drop_p)
-    # Dropout masks are drawn per device: with dropout > 0, runs match across device counts
-    # only in distribution; everything else is keyed on the global example index.
+    # Dropout masks are drawn per device (and micro-batch): with dropout > 0, runs match across
+    # device counts only in distribution; everything else is keyed on the global example index.
     dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(parallel.DATA_AXIS))
-    x_t = q_sample(schedule, x0, t, noise) * batch[batch_lib.MASK][:, :, None, None]
+    if grad_accum_steps == 1:
+      grads, terms = grads_and_terms(state.params, batch, indices, example_rng, dropout_rng)
+    else:
+      micro = local // grad_accum_steps
+      split = lambda x: x.reshape(grad_accum_steps, micro, *x.shape[1:])
 
-    def loss_fn(params):
-      pred, aux = model.apply({'params': params}, x_t, t, batch[batch_lib.MASK],
-                              *batch_lib.text_inputs(batch), drop_overall, drop_individual, deterministic=False,
-                              rngs={'dropout': dropout_rng})
-      extra = auxiliary_losses(aux, x0, batch[batch_lib.MASK], drop_overall, drop_individual,
-                               mean, std, weights, nce_temperature)
-      # Weighted terms the model cannot produce (a baseline has no aux) are left out.
-      usable = {k: v for k, v in weights.items() if k in losses_lib.MOTION_TERMS or k in extra}
-      terms = losses_lib.training_losses(pred, x0, batch[batch_lib.MASK], t, mean, std, usable,
-                                         geometric_max_t, extra)
-      return terms['total'], terms
+      def accumulate(carry, xs):
+        micro_batch, micro_indices, index = xs
+        out = grads_and_terms(state.params, micro_batch, micro_indices, example_rng,
+                              jax.random.fold_in(dropout_rng, index))
+        return jax.tree.map(jnp.add, carry, out), None
 
-    grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
+      # The sums differ per device until the pmean below: the carry is device-varying.
+      zeros = jax.tree.map(
+          lambda s: jax.lax.pcast(jnp.zeros(s.shape, s.dtype), parallel.DATA_AXIS, to='varying'),
+          jax.eval_shape(grads_and_terms, state.params, jax.tree.map(lambda x: x[:micro], batch),
+                         indices[:micro], example_rng, dropout_rng))
+      (grads, terms), _ = jax.lax.scan(
+          accumulate, zeros, (jax.tree.map(split, batch), split(indices),
+                              jnp.arange(grad_accum_steps)))
+      grads, terms = jax.tree.map(lambda x: x / grad_accum_steps, (grads, terms))
     grads = jax.lax.pmean(grads, parallel.DATA_AXIS)
     terms = jax.lax.pmean(terms, parallel.DATA_AXIS)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    ema_params = train_state_lib.ema_update(
+        state.ema_params, params, train_state_lib.ema_decay_at(state.step, ema_decay))
+    # The values are averaged over devices, so every device makes the same choice.
+    finite = jnp.isfinite(terms['total']) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = state.replace(
-        step=state.step + 1, params=params, opt_state=opt_state,
-        ema_params=train_state_lib.ema_update(
-            state.ema_params, params, train_state_lib.ema_decay_at(state.step, ema_decay)))
-    metrics = dict(terms, grad_norm=optax.tree.norm(grads))
+        step=state.step + 1, params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state), ema_params=keep(ema_params, state.ema_params),
+        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+    metrics = dict(terms, grad_norm=grad_norm, update_skipped=(~finite).astype(jnp.int32),
+                   skipped_steps=new_state.skipped_steps)
     return new_state, metrics
 
   return step
+
+
+EVAL_INDEX = 'eval_index'
+"""Batch key of validation batches: each row's index in the validation set, [B] int32."""
+
+
+def make_eval_step(model: nn.Module, schedule: Schedule, *, mean: jax.Array, std: jax.Array,
+                   loss_weights: Mapping[str, float], geometric_max_t: int,
+                   nce_temperature: float, seed: int) -> Callable:
+  """Returns ``evaluate(params, batch) -> terms`` to run per device: the training loss on
+  validation data, with no dropout and no condition dropout, its timesteps and noise keyed
+  on ``seed`` and each row's ``EVAL_INDEX``, so every evaluation sees the same draws."""
+  loss = _make_loss(model, schedule, mean=mean, std=std, loss_weights=loss_weights,
+                    geometric_max_t=geometric_max_t, nce_temperature=nce_temperature)
+
+  def evaluate(params, batch):
+    batch = dict(batch)
+    indices = batch.pop(EVAL_INDEX)
+    x0 = batch[batch_lib.MOTION]
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(indices)
+    t, noise, _ = _draws(keys, x0.shape[1:], x0.dtype, schedule.num_steps)
+    keep = jnp.zeros(t.shape, bool)
+    _, terms = loss(params, batch, t, noise, keep, keep, True, None)
+    return jax.lax.pmean(terms, parallel.DATA_AXIS)
+
+  return evaluate

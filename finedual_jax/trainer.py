@@ -1,8 +1,9 @@
-"""The training loop: data, mesh, init-or-restore, step, log, checkpoint, and a sample at the end."""
+"""The training loop: data, mesh, init-or-restore, step, log, evaluate, checkpoint, stop on a
+signal, and a sample at the end."""
 
 from __future__ import annotations
 
-import json
+import math
 import pathlib
 import time
 from typing import Any
@@ -10,13 +11,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from finedual_jax import checkpointing
+from finedual_jax import config_checks
 from finedual_jax import generation
+from finedual_jax import metric_writers
 from finedual_jax import parallel
+from finedual_jax import preemption
 from finedual_jax import train_state as train_state_lib
 from finedual_jax import train_step as train_step_lib
+from finedual_jax import validation
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import pipeline
 from finedual_jax.data import representation as representation_lib
@@ -72,65 +76,83 @@ def _format_eta(seconds: float) -> str:
       f'{seconds // 60}m{seconds % 60:02d}s'
 
 
-class MetricsWriter:
-  """Appends one JSON object per logged step to ``workdir/metrics.jsonl`` (process 0 only)."""
-
-  def __init__(self, workdir: pathlib.Path):
-    self.path = workdir / 'metrics.jsonl'
-    self.enabled = jax.process_index() == 0
-
-  def write(self, step: int, metrics: dict[str, float]) -> None:
-    if self.enabled:
-      with self.path.open('a') as f:
-        f.write(json.dumps({'step': step, **metrics}) + '\n')
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
-  """Trains per ``config`` in ``workdir`` (resuming from its latest checkpoint) and samples.
+  """Trains per ``config`` in ``workdir`` (resuming from its latest good checkpoint) and samples.
 
-  Returns a summary: final step and metrics, and the paths of what was written.
+  Call ``parallel.initialize_distributed`` first in a multi-process run. Returns a summary:
+  final step and metrics, whether a signal stopped the run early (``preempted``), and the paths
+  of what was written.
   """
+  config_checks.validate(config, device_count=jax.device_count(),
+                         process_count=jax.process_count())
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
-  log = (lambda msg: print(msg, flush=True)) if jax.process_index() == 0 else (lambda msg: None)
-  dataset_dir = prepare_data(config, workdir)
+  is_main = jax.process_index() == 0
+  log = (lambda msg: print(msg, flush=True)) if is_main else (lambda msg: None)
+  # Process 0 builds a synthetic data set; the others then find it built (prepare is idempotent).
+  dataset_dir = prepare_data(config, workdir) if is_main else None
+  parallel.barrier('finedual_prepare_data')
+  dataset_dir = dataset_dir or prepare_data(config, workdir)
   artifacts = pipeline.load_artifacts(dataset_dir, config.data.stats_file,
                                        config.data.stats_std_file,
                                        config.data.text_features_file)
   log(f'data: {dataset_dir}')
 
+  train = config.train
   mesh = parallel.make_mesh(config.parallel.num_devices)
-  local_batch = parallel.local_batch_size(config.train.batch_size, mesh)
+  dp = parallel.DataParallel(mesh, config.parallel.backend)
+  local_batch = parallel.local_batch_size(train.batch_size, mesh, train.grad_accum_steps)
   model = build_model(config.model, vocab_size=artifacts.tokenizer.vocab_size,
                       max_text_len=config.data.max_text_len,
                       feature_dim=artifacts.representation.feature_dim)
   tx = make_optimizer(config)
   schedule = Schedule.cosine(config.diffusion.num_steps)
 
-  rng_init, rng_train = jax.random.split(jax.random.key(config.seed))
-  params = init_params(model, config, rng_init, artifacts.text_feature_shape)
-  state = train_state_lib.create(params, tx, rng_train)
+  def initial_state(rng):
+    rng_init, rng_train = jax.random.split(rng)
+    return train_state_lib.create(
+        init_params(model, config, rng_init, artifacts.text_feature_shape), tx, rng_train)
+
+  # One compiled program (seconds) rather than thousands of small eager ones, written straight
+  # into the global form: replicated over the mesh (dp.put gives the backend's form).
+  state = jax.jit(initial_state, out_shardings=parallel.replicated(mesh))(
+      jax.random.key(config.seed))
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  state = parallel.replicate(state, mesh)
-  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.train.max_to_keep)
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=train.max_to_keep,
+                                            keep_every=train.keep_every, training=True)
   config_dict = config.to_dict()
-  if checkpointer.latest_step() is not None:
-    state, _ = checkpointer.restore(checkpointing.abstract_like(state))
+  run_info = checkpointing.run_info(backend=config.parallel.backend)
+  restored, _ = checkpointer.restore_latest_good(checkpointing.abstract_like(state), warn=log)
+  if restored is not None:
+    state = restored
     log(f'resumed from {checkpointer.directory} at step {int(state.step)}')
-  (workdir / 'config.json').write_text(json.dumps(config_dict, indent=2))
+  checkpointing.write_json(workdir / 'config.json', config_dict)
+  checkpointing.write_json(workdir / 'run_info.json', run_info)
+  per_device = train.batch_size // mesh.devices.size // train.grad_accum_steps
   log(f'model: {config.model.name}, {num_params:,} parameters; devices: {mesh.devices.size} '
-      f'({jax.devices()[0].platform}), global batch {config.train.batch_size}')
+      f'({jax.devices()[0].platform}, {jax.process_count()} process(es), '
+      f'{config.parallel.backend}), global batch {train.batch_size}'
+      + (f' = {per_device} per device x {train.grad_accum_steps} accumulation steps'
+         if train.grad_accum_steps > 1 else ''))
   if not artifacts.representation.exact_positions:
     off = [k for k, v in config.losses.items() if k in representation_lib.POSITION_TERMS and v]
     log(f'data: {artifacts.representation.name} representation without joint positions; '
         f'losses off: {", ".join(off) or "none"}')
 
-  step_fn = parallel.data_parallel(train_step_lib.make_train_step(
+  weights = loss_weights(config, artifacts.representation)
+  step_fn = dp.compile(train_step_lib.make_train_step(
       model, tx, schedule, mean=jnp.asarray(artifacts.mean), std=jnp.asarray(artifacts.std),
-      cond_drop_p=config.diffusion.cond_drop_p,
-      loss_weights=loss_weights(config, artifacts.representation),
+      cond_drop_p=config.diffusion.cond_drop_p, loss_weights=weights,
       geometric_max_t=config.losses.geometric_max_t,
-      nce_temperature=config.losses.nce_temperature, ema_decay=config.train.ema_decay), mesh)
+      nce_temperature=config.losses.nce_temperature, ema_decay=train.ema_decay,
+      grad_accum_steps=train.grad_accum_steps), donate=True)
+  validator = None
+  if train.eval_every or train.sample_every:
+    try:
+      validator = validation.Validator(config, dataset_dir, artifacts, model, schedule, dp,
+                                       weights, jax.process_index(), jax.process_count())
+    except ValueError as e:
+      log(f'warning: no validation loss or samples: {e}')
 
   start = int(state.step)
 
@@ -148,37 +170,100 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     if problem:  # Still deterministic, but not the batches an uninterrupted run would read.
       batches = iter(loader(config.seed + start))
       log(f'warning: {problem}; the input pipeline restarts with seed {config.seed + start}')
-  writer = MetricsWriter(workdir)
+  writer = metric_writers.MetricWriter(workdir, resume_step=start, enabled=is_main)
+  state = dp.put(state)
   metrics: dict[str, float] = {}
+  preempted = ''
+  host_batch = next(batches) if start < train.num_steps else None
+  batch = dp.to_device(host_batch) if host_batch is not None else None
   tick, tick_step = time.perf_counter(), start
-  batch = parallel.to_device(next(batches), mesh) if start < config.train.num_steps else None
-  for step in range(start + 1, config.train.num_steps + 1):
-    state, device_metrics = step_fn(state, batch)
-    data_state = batches.get_state()  # Consumed up to this step's batch (saved below).
-    if step < config.train.num_steps:  # Read the next batch while the step runs.
-      batch = parallel.to_device(next(batches), mesh)
-    # Blocking every step keeps CPU collectives from piling up (DESIGN §7) and checks the loss.
-    metrics = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-    if not np.isfinite(metrics['total']):
-      raise FloatingPointError(f'step {step}: non-finite loss; terms: {metrics}')
-    if step % config.train.log_every == 0 or step == config.train.num_steps:
-      now = time.perf_counter()
-      rate = (step - tick_step) / max(now - tick, 1e-9)
-      tick, tick_step = now, step
-      writer.write(step, metrics)
-      log(f'step {step}/{config.train.num_steps} | loss {metrics["total"]:.4f} | '
-          f'{rate:.2f} steps/s | {rate * config.train.batch_size:.1f} examples/s | '
-          f'ETA {_format_eta((config.train.num_steps - step) / max(rate, 1e-9))}')
-    if step % config.train.checkpoint_every == 0 or step == config.train.num_steps:
-      checkpointer.save(step, state, config_dict, data_state)
-  checkpointer.wait()
-  checkpointer.close()
+  try:
+    with preemption.StopRequest() as stop:
+      for step in range(start + 1, train.num_steps + 1):
+        state, device_metrics = step_fn(state, batch)
+        data_state = batches.get_state()  # Consumed up to this step's batch (saved below).
+        step_batch = host_batch
+        if step < train.num_steps:  # Read the next batch while the step runs.
+          host_batch = next(batches)
+          batch = dp.to_device(host_batch)
+        # Blocking every step keeps CPU collectives from piling up (DESIGN §7); the step has
+        # already decided on the device whether to apply its update.
+        metrics = dp.fetch(device_metrics)
+        if metrics['update_skipped']:
+          _non_finite(config, workdir, step, metrics, dp, state, step_batch, mesh, log)
+        if step == start + 1:  # The first step compiled: leave it out of the rates.
+          tick, tick_step = time.perf_counter(), step
+        if step % train.log_every == 0 or step == train.num_steps:
+          now = time.perf_counter()
+          rate = (step - tick_step) / max(now - tick, 1e-9) if step > tick_step else 0.0
+          tick, tick_step = now, step
+          writer.write(step, metrics, tensorboard_only={
+              'steps_per_s': rate, 'examples_per_s': rate * train.batch_size})
+          log(f'step {step}/{train.num_steps} | loss {metrics["total"]:.4f} | '
+              + (f'{rate:.2f} steps/s | {rate * train.batch_size:.1f} examples/s | ETA '
+                 f'{_format_eta((train.num_steps - step) / max(rate, 1e-9))}' if rate else
+                 'compiled')
+              + (f' | {metrics["skipped_steps"]} skipped' if metrics['skipped_steps'] else ''))
+        periodic = False
+        if validator and train.eval_every and (step % train.eval_every == 0
+                                               or step == train.num_steps):
+          eval_metrics = validator.loss(state.ema_params)
+          writer.write(step, eval_metrics, group='eval', jsonl_prefix='eval/')
+          log(f'eval step {step} | val loss {eval_metrics["total"]:.4f} '
+              f'({train.eval_batches} batches, EMA weights)')
+          periodic = True
+        if validator and train.sample_every and step % train.sample_every == 0:
+          ema = parallel.process_local(dp.get(state).ema_params)
+          if is_main:
+            records = validator.samples(ema, step, workdir)
+            log(f'samples: {pathlib.Path(records[0]["gif"]).parent}')
+          periodic = True
+        if periodic:  # Not training time.
+          tick, tick_step = time.perf_counter(), step
+        stopping = stop.should_stop(step)
+        if step % train.checkpoint_every == 0 or step == train.num_steps or stopping:
+          checkpointer.save(step, dp.get(state), config_dict, data_state, run_info)
+        if stopping:
+          preempted = stop.signal_name or 'signal'
+          checkpointer.wait()
+          log(f'{preempted}: stopped after step {step}; checkpoint saved at step {step} in '
+              f'{checkpointer.directory}. Run the same command again to resume.')
+          break
+    checkpointer.wait()
+  finally:
+    checkpointer.close()
+    writer.close()
+  state = dp.get(state)
   summary = {'step': int(state.step), 'metrics': metrics, 'workdir': str(workdir),
-             'checkpoints': str(checkpointer.directory), 'dataset_dir': str(dataset_dir)}
+             'checkpoints': str(checkpointer.directory), 'dataset_dir': str(dataset_dir),
+             'preempted': preempted}
   log(f'checkpoints: {checkpointer.directory}')
-  if config.sample.text:
-    summary['samples'] = sample_after_training(config, workdir, state, model, schedule, artifacts)
+  if config.sample.text and not preempted:
+    # Process-local copies: sampling involves no other process (DESIGN §4, multi-host).
+    summary['samples'] = sample_after_training(config, workdir, parallel.process_local(state),
+                                               model, schedule, artifacts)
   return summary
+
+
+def _non_finite(config, workdir, step, metrics, dp, state, host_batch, mesh, log) -> None:
+  """Applies ``train.nan_policy`` to a step whose loss or gradient was not finite (the step
+  has already left the weights, EMA and optimizer state as they were)."""
+  bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+  terms = ', '.join(f'{k}={metrics[k]}' for k in bad) or 'none (the gradient is)'
+  if config.train.nan_policy == 'skip':
+    log(f'warning: step {step}: non-finite loss terms: {terms}; update skipped '
+        f'({metrics["skipped_steps"]} so far; train.nan_policy="skip")')
+    return
+  before = dp.get(state)
+  before = before.replace(step=before.step - 1, skipped_steps=before.skipped_steps - 1)
+  path = checkpointing.save_diagnostic(
+      workdir, step, before, parallel.to_device(host_batch, mesh),
+      {'step': step, 'metrics': metrics, 'non_finite': bad, 'config': config.to_dict()})
+  raise FloatingPointError(
+      f'step {step}: non-finite loss terms: {terms}. The state this step started from and its '
+      f'batch are saved in {path} (not a checkpoint a resume uses). train.nan_policy="stop"; '
+      'set --config.train.nan_policy=skip to discard such updates and go on, or lower '
+      'optimizer.learning_rate.')
 
 
 def sample_after_training(config, workdir, state, model, schedule, artifacts) -> list[dict]:

@@ -1,4 +1,7 @@
-"""The data-parallel step: 8 devices give the same parameters as 1 for the same global batch."""
+"""The data-parallel step: 8 devices give the same parameters as 1 for the same global batch, and so
+do the pmap backend and gradient accumulation; a non-finite loss skips the update on the device."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -28,37 +31,51 @@ def _batches(num):
   return out
 
 
-def _train(num_devices, batches):
-  mesh = parallel.make_mesh(num_devices)
+@functools.cache
+def _setup(num_devices, backend='shard_map', grad_accum_steps=1, nce=True):
+  """(DataParallel, compiled step, initial state on the host); cached, so one compile each."""
+  dp = parallel.DataParallel(parallel.make_mesh(num_devices), backend)
   model = FineDualDenoiser(vocab_size=V, width=32, num_heads=2, ff_dim=64, text_width=32,
                            text_layers=1, text_heads=2, max_text_len=L, graph_hidden=16,
                            embed_dim=16)
   tx = train_state.make_optimizer(learning_rate=1e-3, warmup_steps=1, total_steps=10,
                                   weight_decay=1e-4, clip_norm=1.0)
-  b = batches[0]
+  b = _batches(1)[0]
   params = model.init(jax.random.key(0), b['motion'][:1], jnp.zeros((1,), jnp.int32),
                       b['mask'][:1], b['text_tokens'][:1], b['person_tokens'][:1])['params']
-  state = parallel.replicate(train_state.create(params, tx, jax.random.key(1)), mesh)
-  # Every loss term on, InfoNCE included: its negatives come from the global batch.
-  weights = dict(losses.INTERGEN_WEIGHTS, distance_regression=1.0, individual_nce=0.1,
-                 overall_nce=0.1)
-  step = parallel.data_parallel(train_step.make_train_step(
+  state = train_state.create(params, tx, jax.random.key(1))
+  # On the host, the key as raw data: the steps donate (delete) the device arrays they get.
+  state = jax.device_get(state.replace(rng=jax.random.key_data(state.rng)))
+  # Every loss term on, InfoNCE included: its negatives come from the global batch. Under
+  # gradient accumulation they come from the micro-batch instead, so the accumulation test
+  # switches InfoNCE off to compare exactly.
+  nce_weight = 0.1 if nce else 0.0
+  weights = dict(losses.INTERGEN_WEIGHTS, distance_regression=1.0, individual_nce=nce_weight,
+                 overall_nce=nce_weight)
+  step = dp.compile(train_step.make_train_step(
       model, tx, Schedule.cosine(1000), mean=jnp.zeros(262), std=jnp.ones(262), cond_drop_p=0.1,
-      loss_weights=weights, geometric_max_t=700, nce_temperature=0.1, ema_decay=0.9), mesh)
+      loss_weights=weights, geometric_max_t=700, nce_temperature=0.1, ema_decay=0.9,
+      grad_accum_steps=grad_accum_steps), donate=True)
+  return dp, step, state
+
+
+@functools.cache
+def _train(num_devices, backend='shard_map', grad_accum_steps=1, nce=True):
+  """Three steps on the same three global batches: (final state on the host, losses)."""
+  dp, step, state = _setup(num_devices, backend, grad_accum_steps, nce)
+  state = dp.put(state.replace(rng=jax.random.wrap_key_data(state.rng)))
   totals = []
-  for batch in batches:
-    state, metrics = step(state, parallel.to_device(batch, mesh))
-    totals.append(float(metrics['total']))  # Block every step (DESIGN §7).
-    assert {'distance_regression', 'individual_nce', 'overall_nce'} <= set(metrics)
-  return jax.device_get(state), totals
+  for batch in _batches(3):
+    state, metrics = step(state, dp.to_device(batch))
+    metrics = dp.fetch(metrics)  # Blocks every step (DESIGN §7).
+    totals.append(metrics['total'])
+    assert metrics['update_skipped'] == 0
+    if nce:
+      assert {'distance_regression', 'individual_nce', 'overall_nce'} <= set(metrics)
+  return jax.device_get(dp.get(state)), totals
 
 
-def test_eight_devices_match_one_device():
-  assert jax.device_count() >= 8, 'tests/conftest.py should give 8 fake CPU devices'
-  batches = _batches(3)
-  one, losses_one = _train(1, batches)
-  eight, losses_eight = _train(8, batches)
-  np.testing.assert_allclose(losses_eight, losses_one, rtol=1e-5)
+def _assert_same_parameters(a, b, atol=1e-5):
   compared = []
 
   def close(path, x, y):
@@ -69,23 +86,71 @@ def test_eight_devices_match_one_device():
     if "['key']['bias']" in name:
       assert np.abs(x).max() < 1e-4, name
       return
-    np.testing.assert_allclose(x, y, atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(x, y, atol=atol, err_msg=name)
     compared.append(name)
 
-  for tree_one, tree_eight in ((one.params, eight.params), (one.ema_params, eight.ema_params)):
-    jax.tree_util.tree_map_with_path(close, tree_one, tree_eight)
+  for tree_a, tree_b in ((a.params, b.params), (a.ema_params, b.ema_params)):
+    jax.tree_util.tree_map_with_path(close, tree_a, tree_b)
   assert len(compared) > 100
-  assert int(one.step) == int(eight.step) == 3
+  assert int(a.step) == int(b.step) == 3
   # The run did move: parameters differ from a fresh init (the zero head has learned).
-  assert np.abs(np.asarray(one.params['head']['proj']['kernel'])).max() > 0
+  assert np.abs(np.asarray(a.params['head']['proj']['kernel'])).max() > 0
+
+
+def test_eight_devices_match_one_device():
+  assert jax.device_count() >= 8, 'tests/conftest.py should give 8 fake CPU devices'
+  one, losses_one = _train(1)
+  eight, losses_eight = _train(8)
+  np.testing.assert_allclose(losses_eight, losses_one, rtol=1e-5)
+  _assert_same_parameters(one, eight)
+
+
+def test_pmap_backend_matches_shard_map():
+  """The same per-device step through jax.pmap (the state carries a leading device axis, but
+  only inside parallel.py) gives the parameters of the shard_map run."""
+  sharded, losses_sharded = _train(8)
+  pmapped, losses_pmapped = _train(8, 'pmap')
+  np.testing.assert_allclose(losses_pmapped, losses_sharded, rtol=1e-6)
+  _assert_same_parameters(sharded, pmapped, atol=1e-6)
+
+
+def test_gradient_accumulation_matches_the_whole_batch_at_once():
+  """Batch 8 on 2 devices as 2 micro-batches of 4 (2 rows per device each) = batch 8 at once."""
+  whole, losses_whole = _train(2, nce=False)
+  accumulated, losses_accumulated = _train(2, grad_accum_steps=2, nce=False)
+  np.testing.assert_allclose(losses_accumulated, losses_whole, rtol=1e-5)
+  _assert_same_parameters(whole, accumulated)
+
+
+def test_a_non_finite_loss_skips_the_update_on_the_device():
+  # The step of _train(2, nce=False), compiled already (functools.cache: same arguments, same way).
+  dp, step, host_state = _setup(2, 'shard_map', 1, False)
+  batch = _batches(1)[0]
+  batch['motion'][3, 0, 0, 0] = np.nan  # One value of one example.
+  state, metrics = step(dp.put(host_state.replace(rng=jax.random.wrap_key_data(host_state.rng))),
+                        dp.to_device(batch))
+  metrics = dp.fetch(metrics)
+  assert not np.isfinite(metrics['total'])
+  assert metrics['update_skipped'] == 1 and metrics['skipped_steps'] == 1
+  state = jax.device_get(dp.get(state))
+  assert int(state.step) == 1 and int(state.skipped_steps) == 1
+  for before, after in ((host_state.params, state.params),
+                        (host_state.ema_params, state.ema_params),
+                        (host_state.opt_state, state.opt_state)):
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+      np.testing.assert_array_equal(x, y)
 
 
 def test_batch_must_split_over_devices():
   mesh = parallel.make_mesh(8)
   with pytest.raises(ValueError, match='multiple of the number of devices'):
     parallel.local_batch_size(12, mesh)
+  with pytest.raises(ValueError, match='grad_accum_steps'):
+    parallel.local_batch_size(8, mesh, grad_accum_steps=2)
 
 
 def test_mesh_rejects_too_many_devices():
   with pytest.raises(ValueError, match='num_devices'):
     parallel.make_mesh(jax.device_count() + 1)
+  with pytest.raises(ValueError, match='backend'):
+    parallel.DataParallel(parallel.make_mesh(1), 'pjit')
