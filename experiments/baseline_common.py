@@ -18,6 +18,7 @@ def baseline_config(name: str, arg: str | None) -> ml_collections.ConfigDict:
   config.model.width, config.model.num_heads, config.model.ff_dim, config.model.num_layers = dims
   config.model.dropout = 0.0 if size == 'tiny' else 0.1
   config.model.remat = False             # True: recompute block activations (less memory).
+  config.model.compute_dtype = 'float32'  # 'bfloat16': mixed precision (float32 params/optimizer).
   for key, value in base.text_model_fields(size).items():
     config.model[key] = value
   for term in ('distance_regression', 'individual_nce', 'overall_nce'):

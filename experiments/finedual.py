@@ -31,6 +31,7 @@ def model_config(size: str) -> ml_collections.ConfigDict:
   model.use_refinement = True
   model.dropout = 0.0 if size == 'tiny' else 0.1
   model.remat = False                    # True: recompute block activations (less memory).
+  model.compute_dtype = 'float32'        # 'bfloat16': mixed precision (float32 params/optimizer).
   for key, value in base.text_model_fields(size).items():
     model[key] = value
   return model

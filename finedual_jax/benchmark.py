@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import importlib
 import resource
-import statistics
 import sys
 import time
 from typing import Any, Sequence
@@ -146,7 +145,6 @@ def training_memory(model: str = 'finedual', *, batch: int = 32, max_len: int = 
   import jax.numpy as jnp
 
   from finedual_jax import train_state as train_state_lib
-  from finedual_jax import train_step as train_step_lib
   from finedual_jax import trainer
   from finedual_jax.data import batch as batch_lib
   from finedual_jax.diffusion.schedule import Schedule
@@ -166,11 +164,9 @@ def training_memory(model: str = 'finedual', *, batch: int = 32, max_len: int = 
       trainer.init_params(net, config, jax.random.key(0)), tx, jax.random.key(1)))
   spec = batch_lib.spec(batch, max_len, config.data.max_text_len)
   batch_shapes = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
-  step = parallel.data_parallel(train_step_lib.make_train_step(
-      net, tx, Schedule.cosine(config.diffusion.num_steps), mean=jnp.zeros(262),
-      std=jnp.ones(262), cond_drop_p=config.diffusion.cond_drop_p,
-      loss_weights=trainer.loss_weights(config), geometric_max_t=config.losses.geometric_max_t,
-      nce_temperature=config.losses.nce_temperature, ema_decay=config.train.ema_decay), mesh)
+  step = parallel.data_parallel(trainer.make_train_step(
+      net, tx, Schedule.cosine(config.diffusion.num_steps), config, jnp.zeros(262),
+      jnp.ones(262)), mesh)
   start = time.perf_counter()
   memory = step.lower(state, batch_shapes).compile().memory_analysis()
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes +

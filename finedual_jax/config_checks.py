@@ -18,6 +18,7 @@ import ml_collections
 NAN_POLICIES = ('stop', 'skip')
 BACKENDS = ('shard_map', 'pmap')  # finedual_jax.parallel.BACKENDS (this module imports no JAX).
 DATA_SOURCES = ('synthetic', 'tfds')
+COMPUTE_DTYPES = ('float32', 'bfloat16')  # finedual_jax.models.precision.DTYPES.
 
 _SECTIONS = ('data', 'diffusion', 'losses', 'optimizer', 'train', 'parallel', 'sample', 'model')
 
@@ -158,6 +159,11 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
       check(f'model.{name}', non_negative_int, 'an integer >= 0')
     elif name == 'dropout':
       check('model.dropout', lambda x: finite(x) and 0 <= x < 1, 'a rate in [0, 1)')
+    elif name == 'compute_dtype':
+      check('model.compute_dtype', lambda x: x in COMPUTE_DTYPES,
+            f'one of {list(COMPUTE_DTYPES)} (parameters stay float32 either way)')
+    elif name == 'remat':
+      check('model.remat', lambda x: isinstance(x, bool), 'True or False')
   for width, heads in (('width', 'num_heads'), ('text_width', 'text_heads')):
     w, h = model.get(width), model.get(heads)
     if _is_int(w) and _is_int(h) and h >= 1 and w % h:

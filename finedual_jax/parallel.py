@@ -32,8 +32,8 @@ def initialize_distributed(coordinator_address: str | None = None,
 
   Arguments left as None are detected by JAX on TPU pods, SLURM and Open MPI, or read from
   ``JAX_COORDINATOR_ADDRESS``. Processes on CPUs need a cross-process collectives
-  implementation; gloo is JAX's (the default since 0.5, set here unless the environment
-  chose one).
+  implementation: gloo (JAX 0.10's default), set here unless the environment chose one with
+  ``JAX_CPU_COLLECTIVES_IMPLEMENTATION``.
   """
   if 'JAX_CPU_COLLECTIVES_IMPLEMENTATION' not in os.environ:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')

@@ -8,7 +8,7 @@ into accumulation micro-batches), and gradients and metrics are averaged over
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -20,6 +20,7 @@ from finedual_jax import train_state as train_state_lib
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.diffusion import losses as losses_lib
 from finedual_jax.diffusion.schedule import Schedule, q_sample
+from finedual_jax.models import precision
 from finedual_jax.motion import body_parts
 
 
@@ -67,17 +68,21 @@ def _draws(keys: jax.Array, shape: tuple[int, ...], dtype, num_steps: int):
 
 def _make_loss(model: nn.Module, schedule: Schedule, *, mean: jax.Array, std: jax.Array,
                loss_weights: Mapping[str, float], geometric_max_t: int,
-               nce_temperature: float) -> Callable:
+               nce_temperature: float, compute_dtype: Any = jnp.float32) -> Callable:
   """``loss(params, batch, t, noise, drop_overall, drop_individual, deterministic, rngs)
-  -> (total, terms)`` on one device's examples."""
+  -> (total, terms)`` on one device's examples.
+
+  The denoiser runs in ``compute_dtype`` (``models/precision.py``: float32 parameters cast for
+  the forward pass, outputs back in float32); the noising and every loss term stay float32.
+  """
   weights = dict(loss_weights)
 
   def loss(params, batch, t, noise, drop_overall, drop_individual, deterministic, rngs):
     x0 = batch[batch_lib.MOTION]
     x_t = q_sample(schedule, x0, t, noise) * batch[batch_lib.MASK][:, :, None, None]
-    pred, aux = model.apply({'params': params}, x_t, t, batch[batch_lib.MASK],
-                            *batch_lib.text_inputs(batch), drop_overall, drop_individual,
-                            deterministic=deterministic, rngs=rngs)
+    pred, aux = precision.apply(model, params, x_t, t, batch[batch_lib.MASK],
+                                *batch_lib.text_inputs(batch), drop_overall, drop_individual,
+                                dtype=compute_dtype, deterministic=deterministic, rngs=rngs)
     extra = auxiliary_losses(aux, x0, batch[batch_lib.MASK], drop_overall, drop_individual,
                              mean, std, weights, nce_temperature)
     # Weighted terms the model cannot produce (a baseline has no aux) are left out.
@@ -93,7 +98,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
                     mean: jax.Array, std: jax.Array, cond_drop_p: float,
                     loss_weights: Mapping[str, float], geometric_max_t: int,
                     nce_temperature: float, ema_decay: float,
-                    grad_accum_steps: int = 1) -> Callable:
+                    grad_accum_steps: int = 1, compute_dtype: Any = jnp.float32) -> Callable:
   """Returns ``step(state, batch) -> (state, metrics)`` to run per device.
 
   ``loss_weights`` name every term (``losses.INTERGEN_WEIGHTS`` plus FineDual's
@@ -108,9 +113,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
   A step whose loss or gradient is not finite changes nothing but ``step`` and
   ``skipped_steps`` (decided on the device, without a host round trip); its metrics report
   ``update_skipped`` = 1 so the loop can apply ``train.nan_policy``.
+
+  ``compute_dtype`` = bfloat16 is mixed precision: parameters, gradients, optimizer state and
+  EMA stay float32; only the denoiser's forward and backward pass run in bfloat16.
   """
   loss = _make_loss(model, schedule, mean=mean, std=std, loss_weights=loss_weights,
-                    geometric_max_t=geometric_max_t, nce_temperature=nce_temperature)
+                    geometric_max_t=geometric_max_t, nce_temperature=nce_temperature,
+                    compute_dtype=compute_dtype)
 
   def grads_and_terms(params, batch, indices, example_rng, dropout_rng):
     x0 = batch[batch_lib.MOTION]
@@ -178,12 +187,14 @@ EVAL_INDEX = 'eval_index'
 
 def make_eval_step(model: nn.Module, schedule: Schedule, *, mean: jax.Array, std: jax.Array,
                    loss_weights: Mapping[str, float], geometric_max_t: int,
-                   nce_temperature: float, seed: int) -> Callable:
+                   nce_temperature: float, seed: int,
+                   compute_dtype: Any = jnp.float32) -> Callable:
   """Returns ``evaluate(params, batch) -> terms`` to run per device: the training loss on
   validation data, with no dropout and no condition dropout, its timesteps and noise keyed
   on ``seed`` and each row's ``EVAL_INDEX``, so every evaluation sees the same draws."""
   loss = _make_loss(model, schedule, mean=mean, std=std, loss_weights=loss_weights,
-                    geometric_max_t=geometric_max_t, nce_temperature=nce_temperature)
+                    geometric_max_t=geometric_max_t, nce_temperature=nce_temperature,
+                    compute_dtype=compute_dtype)
 
   def evaluate(params, batch):
     batch = dict(batch)

@@ -25,6 +25,7 @@ from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import pipeline
 from finedual_jax.data import representation as representation_lib
 from finedual_jax.diffusion.schedule import Schedule
+from finedual_jax.models import precision
 from finedual_jax.models.factory import build_model
 
 
@@ -68,6 +69,20 @@ def loss_weights(config: ml_collections.ConfigDict,
 
 def make_optimizer(config: ml_collections.ConfigDict):
   return train_state_lib.make_optimizer(total_steps=config.train.num_steps, **config.optimizer)
+
+
+def make_train_step(model, tx, schedule: Schedule, config: ml_collections.ConfigDict, mean,
+                    std, weights: dict[str, float] | None = None):
+  """The per-device training step ``config`` describes (``train_step.make_train_step``);
+  ``weights`` default to ``loss_weights(config)``."""
+  return train_step_lib.make_train_step(
+      model, tx, schedule, mean=jnp.asarray(mean), std=jnp.asarray(std),
+      cond_drop_p=config.diffusion.cond_drop_p,
+      loss_weights=loss_weights(config) if weights is None else weights,
+      geometric_max_t=config.losses.geometric_max_t,
+      nce_temperature=config.losses.nce_temperature, ema_decay=config.train.ema_decay,
+      grad_accum_steps=config.train.grad_accum_steps,
+      compute_dtype=precision.compute_dtype(config.model))
 
 
 def _format_eta(seconds: float) -> str:
@@ -129,7 +144,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   checkpointing.write_json(workdir / 'config.json', config_dict)
   checkpointing.write_json(workdir / 'run_info.json', run_info)
   per_device = train.batch_size // mesh.devices.size // train.grad_accum_steps
-  log(f'model: {config.model.name}, {num_params:,} parameters; devices: {mesh.devices.size} '
+  dtype = config.model.get('compute_dtype', 'float32')
+  log(f'model: {config.model.name}, {num_params:,} parameters'
+      + (f' (float32, computing in {dtype})' if dtype != 'float32' else '')
+      + f'; devices: {mesh.devices.size} '
       f'({jax.devices()[0].platform}, {jax.process_count()} process(es), '
       f'{config.parallel.backend}), global batch {train.batch_size}'
       + (f' = {per_device} per device x {train.grad_accum_steps} accumulation steps'
@@ -140,12 +158,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         f'losses off: {", ".join(off) or "none"}')
 
   weights = loss_weights(config, artifacts.representation)
-  step_fn = dp.compile(train_step_lib.make_train_step(
-      model, tx, schedule, mean=jnp.asarray(artifacts.mean), std=jnp.asarray(artifacts.std),
-      cond_drop_p=config.diffusion.cond_drop_p, loss_weights=weights,
-      geometric_max_t=config.losses.geometric_max_t,
-      nce_temperature=config.losses.nce_temperature, ema_decay=train.ema_decay,
-      grad_accum_steps=train.grad_accum_steps), donate=True)
+  step_fn = dp.compile(make_train_step(model, tx, schedule, config, artifacts.mean,
+                                       artifacts.std, weights), donate=True)
   validator = None
   if train.eval_every or train.sample_every:
     try:

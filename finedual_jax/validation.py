@@ -22,6 +22,7 @@ from finedual_jax import parallel
 from finedual_jax import train_step as train_step_lib
 from finedual_jax.data import pipeline
 from finedual_jax.diffusion.schedule import Schedule
+from finedual_jax.models import precision
 
 SPLIT = 'val'
 
@@ -75,7 +76,7 @@ class Validator:
           self.model, self.schedule, mean=jnp.asarray(self.artifacts.mean),
           std=jnp.asarray(self.artifacts.std), loss_weights=self.loss_weights,
           geometric_max_t=c.losses.geometric_max_t, nce_temperature=c.losses.nce_temperature,
-          seed=c.train.eval_seed))
+          seed=c.train.eval_seed, compute_dtype=precision.compute_dtype(c.model)))
     totals: dict[str, float] = {}
     for batch in self._batches():
       # Read back per batch: one evaluation in flight at a time (DESIGN §7).

@@ -74,7 +74,7 @@ def test_training_resumes_from_the_latest_checkpoint(run, capsys):
   config.sample.text = ''
   resumed = trainer.train_and_evaluate(config, workdir)
   assert resumed['step'] == config.train.num_steps
-  assert f'resumed from' in capsys.readouterr().out
+  assert 'resumed from' in capsys.readouterr().out
 
 
 def _resume_from_step_3(run, tmp_path, *, drop_data_state: bool):

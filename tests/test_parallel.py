@@ -32,7 +32,8 @@ def _batches(num):
 
 
 @functools.cache
-def _setup(num_devices, backend='shard_map', grad_accum_steps=1, nce=True):
+def _setup(num_devices, backend='shard_map', grad_accum_steps=1, nce=True,
+           compute_dtype=jnp.float32):
   """(DataParallel, compiled step, initial state on the host); cached, so one compile each."""
   dp = parallel.DataParallel(parallel.make_mesh(num_devices), backend)
   model = FineDualDenoiser(vocab_size=V, width=32, num_heads=2, ff_dim=64, text_width=32,
@@ -55,17 +56,18 @@ def _setup(num_devices, backend='shard_map', grad_accum_steps=1, nce=True):
   step = dp.compile(train_step.make_train_step(
       model, tx, Schedule.cosine(1000), mean=jnp.zeros(262), std=jnp.ones(262), cond_drop_p=0.1,
       loss_weights=weights, geometric_max_t=700, nce_temperature=0.1, ema_decay=0.9,
-      grad_accum_steps=grad_accum_steps), donate=True)
+      grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype), donate=True)
   return dp, step, state
 
 
 @functools.cache
-def _train(num_devices, backend='shard_map', grad_accum_steps=1, nce=True):
-  """Three steps on the same three global batches: (final state on the host, losses)."""
-  dp, step, state = _setup(num_devices, backend, grad_accum_steps, nce)
+def _train(num_devices, backend='shard_map', grad_accum_steps=1, nce=True,
+           compute_dtype=jnp.float32, num_steps=3):
+  """``num_steps`` steps on the same global batches: (final state on the host, losses)."""
+  dp, step, state = _setup(num_devices, backend, grad_accum_steps, nce, compute_dtype)
   state = dp.put(state.replace(rng=jax.random.wrap_key_data(state.rng)))
   totals = []
-  for batch in _batches(3):
+  for batch in _batches(num_steps):
     state, metrics = step(state, dp.to_device(batch))
     metrics = dp.fetch(metrics)  # Blocks every step (DESIGN §7).
     totals.append(metrics['total'])
@@ -124,7 +126,7 @@ def test_gradient_accumulation_matches_the_whole_batch_at_once():
 
 def test_a_non_finite_loss_skips_the_update_on_the_device():
   # The step of _train(2, nce=False), compiled already (functools.cache: same arguments, same way).
-  dp, step, host_state = _setup(2, 'shard_map', 1, False)
+  dp, step, host_state = _setup(2, 'shard_map', 1, False, jnp.float32)
   batch = _batches(1)[0]
   batch['motion'][3, 0, 0, 0] = np.nan  # One value of one example.
   state, metrics = step(dp.put(host_state.replace(rng=jax.random.wrap_key_data(host_state.rng))),
@@ -139,6 +141,20 @@ def test_a_non_finite_loss_skips_the_update_on_the_device():
                         (host_state.opt_state, state.opt_state)):
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
       np.testing.assert_array_equal(x, y)
+
+
+def test_bfloat16_compute_tracks_the_float32_losses():
+  """Mixed precision: ten steps with the denoiser in bfloat16 follow the float32 run's losses
+  within 1% at every step (0.3% measured after ten) while parameters, EMA and optimizer state
+  stay float32."""
+  full, losses_full = _train(2, num_steps=10)
+  half, losses_half = _train(2, compute_dtype=jnp.bfloat16, num_steps=10)
+  relative = np.abs(np.asarray(losses_half) - losses_full) / np.asarray(losses_full)
+  assert relative.max() < 0.01, relative
+  assert relative.max() > 0  # It did compute in bfloat16.
+  for tree in (half.params, half.ema_params, half.opt_state):
+    assert {x.dtype for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)} == {
+        np.dtype(np.float32)}
 
 
 def test_batch_must_split_over_devices():

@@ -1,6 +1,5 @@
 """The optimizer schedule and the EMA of the weights."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -179,7 +179,8 @@ def test_impossible_values_are_named_before_data_or_compilation(tmp_path):
   bad = {('optimizer', 'learning_rate'): -1e-3, ('train', 'batch_size'): 12,
          ('train', 'grad_accum_steps'): 2, ('parallel', 'backend'): 'pjit',
          ('train', 'log_every'): 0, ('data', 'max_len'): 1,
-         ('diffusion', 'guidance_overall'): float('nan'), ('train', 'nan_policy'): 'ignore'}
+         ('diffusion', 'guidance_overall'): float('nan'), ('train', 'nan_policy'): 'ignore',
+         ('model', 'compute_dtype'): 'float16'}
   config = default.get_config('size=tiny')
   for (section, field), value in bad.items():
     config[section][field] = value
@@ -220,6 +221,18 @@ def _tiny_state(mesh):
   tx = train_state.make_optimizer(learning_rate=1e-3, warmup_steps=1, total_steps=10,
                                   weight_decay=0.0, clip_norm=1.0)
   return parallel.replicate(train_state.create(params, tx, jax.random.key(7)), mesh)
+
+
+def test_keeps_the_last_n_checkpoints_plus_every_kth(tmp_path):
+  state = _tiny_state(parallel.make_mesh(1))
+  checkpointer = checkpointing.Checkpointer(tmp_path, max_to_keep=2, keep_every=3, training=True)
+  for step in range(1, 8):
+    checkpointer.save(step, state, {'step': step}, run_info={'git_commit': 'abc'})
+  checkpointer.wait()
+  assert checkpointer.all_steps() == [3, 6, 7]
+  assert checkpointer.restore_config(6) == {'step': 6}
+  assert checkpointer.restore_run_info(7) == {'git_commit': 'abc'}
+  checkpointer.close()
 
 
 @_DAMAGED
@@ -295,7 +308,7 @@ def test_a_checkpoint_from_eight_devices_restores_on_one_and_in_pmap_form(tmp_pa
 def reference(compile_cache, built_data, tmp_path_factory):
   """An uninterrupted run of STEPS steps (compiles the step this module's runs share)."""
   workdir = _workdir(tmp_path_factory.mktemp('reference'), built_data)
-  summary = trainer.train_and_evaluate(_config(), workdir)
+  summary = trainer.train_and_evaluate(_config(checkpoint_every=STEPS), workdir)
   assert summary['step'] == STEPS and not summary['preempted']
   return workdir
 
@@ -303,13 +316,16 @@ def reference(compile_cache, built_data, tmp_path_factory):
 @pytest.fixture(scope='module')
 def interrupted(compile_cache, built_data, reference, tmp_path_factory):
   """The same run killed with SIGKILL, restarted and stopped with SIGTERM, its newest
-  checkpoint then truncated, and resumed to the end. Returns what each stage printed."""
+  checkpoint then damaged (data files deleted), and resumed to the end in this process.
+  Returns what each stage printed."""
   workdir = _workdir(tmp_path_factory.mktemp('interrupted'), built_data)
   killed_rc, killed_out = _train_cli(workdir, compile_cache, signal_after=r'step 3/\d+ \|',
                                      sig=signal.SIGKILL)
   stopped_rc, stopped_out = _train_cli(workdir, compile_cache, signal_after=r'step 6/\d+ \|')
-  stop_step = int(re.search(r'SIGTERM: stopped after step (\d+); checkpoint saved at step \1',
-                            stopped_out).group(1))
+  match = re.search(r'SIGTERM: stopped after step (\d+); checkpoint saved at step \1',
+                    stopped_out)
+  assert match, stopped_out[-3000:]
+  stop_step = int(match.group(1))
   checkpoint_steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
                             if p.name.isdigit())
   # Corrupt the newest checkpoint: the resume must warn and use the one before it.
@@ -319,7 +335,7 @@ def interrupted(compile_cache, built_data, reference, tmp_path_factory):
     p.unlink()
   out = io.StringIO()
   with contextlib.redirect_stdout(out):
-    summary = trainer.train_and_evaluate(_config(), workdir)
+    summary = trainer.train_and_evaluate(_config(checkpoint_every=STEPS), workdir)
   gc.collect()  # See _DAMAGED.
   return dict(workdir=workdir, killed=(killed_rc, killed_out),
               stopped=(stopped_rc, stopped_out, stop_step, checkpoint_steps),
@@ -343,7 +359,7 @@ def test_sigkill_then_restart_ends_with_bit_identical_parameters(interrupted, re
   out, summary = interrupted['resumed']
   stop_step = interrupted['stopped'][2]
   assert summary['step'] == STEPS
-  # The truncated newest checkpoint was reported and the previous one used.
+  # The damaged newest checkpoint was reported and the previous one used.
   assert f'checkpoint {stop_step} cannot be restored' in out, out
   assert f'resumed from {interrupted["workdir"] / "checkpoints"} at step {stop_step - 1}' in out
   expected, actual = _state(reference, STEPS), _state(interrupted['workdir'], STEPS)
@@ -360,7 +376,7 @@ def test_nan_policy_stop_saves_a_diagnostic_and_names_the_step(compile_cache, bu
   workdir = _workdir(tmp_path, built_data)
   _poison(monkeypatch, at=3)
   with pytest.raises(FloatingPointError, match=r'step 3: non-finite loss terms: .*total=nan'):
-    trainer.train_and_evaluate(_config(nan_policy='stop'), workdir)
+    trainer.train_and_evaluate(_config(nan_policy='stop', checkpoint_every=2), workdir)
   diagnostic = workdir / checkpointing.DIAGNOSTICS_DIR / 'step_3'
   assert {p.name for p in diagnostic.iterdir()} >= {'state', 'batch', 'info'}
   # The diagnostic is no checkpoint: resuming starts after step 2, the last good one.

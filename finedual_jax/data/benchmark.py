@@ -106,11 +106,9 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
   over ``num_steps`` steps after ``warmup`` (the first of which compiles).
   """
   import jax  # Kept out of module import so pipeline measurements run without JAX loaded.
-  import jax.numpy as jnp
 
   from finedual_jax import parallel
   from finedual_jax import train_state as train_state_lib
-  from finedual_jax import train_step as train_step_lib
   from finedual_jax import trainer
   from finedual_jax.diffusion.schedule import Schedule
   from finedual_jax.models.factory import build_model
@@ -130,11 +128,8 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
   state = train_state_lib.create(trainer.init_params(model, config, rng_init), tx, rng_train)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   state = parallel.replicate(state, mesh)
-  step_fn = parallel.data_parallel(train_step_lib.make_train_step(
-      model, tx, schedule, mean=jnp.asarray(artifacts.mean), std=jnp.asarray(artifacts.std),
-      cond_drop_p=config.diffusion.cond_drop_p, loss_weights=trainer.loss_weights(config),
-      geometric_max_t=config.losses.geometric_max_t,
-      nce_temperature=config.losses.nce_temperature, ema_decay=config.train.ema_decay), mesh)
+  step_fn = parallel.data_parallel(
+      trainer.make_train_step(model, tx, schedule, config, artifacts.mean, artifacts.std), mesh)
 
   loader = pipeline.make_loader(
       artifacts.dataset_dir, 'train', artifacts, batch_size=local_batch, max_len=data.max_len,

@@ -18,7 +18,6 @@ Ablations: ``use_distance_predictor=False`` (ungated graph), ``use_graph=False``
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from finedual_jax.models import blocks

@@ -7,7 +7,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -18,7 +17,6 @@ from finedual_jax import trainer
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import pipeline
 from finedual_jax.data import text_features
-from finedual_jax.models import factory
 
 import test_denoiser as denoiser_tests
 
