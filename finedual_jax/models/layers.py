@@ -57,20 +57,25 @@ class AdaLN(nn.Module):
     return normed * (1.0 + scale) + shift, gate
 
 
-def attention(query, key, value, bias=None, mask=None, *, dropout_rate: float = 0.0,
-              deterministic: bool = True, **kwargs):
+def attention(query, key, value, bias=None, mask=None, *, dropout_rng=None,
+              dropout_rate: float = 0.0, broadcast_dropout: bool = True,
+              deterministic: bool = True, dtype=None, precision=None):
   """``attention_fn`` for flax's MultiHeadDotProductAttention.
 
   Without attention dropout (sampling, evaluation, dropout 0) it is
   ``jax.nn.dot_product_attention``, which JAX may lower to a fused kernel (cuDNN's on GPU);
   with dropout, flax's own implementation, which supports it. Both compute the same function.
+  Every keyword is named: flax passes an ``attention_fn`` only the keywords its signature
+  lists (``**kwargs`` would silently lose ``dropout_rng``).
   """
   if deterministic or dropout_rate == 0.0:
     dtype = jnp.result_type(query, key, value)  # The fused kernel wants one dtype.
     query, key, value = (a.astype(dtype) for a in (query, key, value))
     return jax.nn.dot_product_attention(query, key, value, bias, mask)
-  return nn.dot_product_attention(query, key, value, bias, mask, dropout_rate=dropout_rate,
-                                  deterministic=deterministic, **kwargs)
+  return nn.dot_product_attention(query, key, value, bias, mask, dropout_rng=dropout_rng,
+                                  dropout_rate=dropout_rate,
+                                  broadcast_dropout=broadcast_dropout,
+                                  deterministic=deterministic, dtype=dtype, precision=precision)
 
 
 def attention_mask(query_mask: jax.Array, key_mask: jax.Array) -> jax.Array:

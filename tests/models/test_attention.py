@@ -38,3 +38,18 @@ def test_dropout_path_is_flax_attention_with_dropout():
                                   dropout_rng=rng)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
   assert not np.allclose(np.asarray(got), np.asarray(layers.attention(q, k, v, mask=mask)))
+
+
+def test_flax_module_hands_the_dropout_rng_through():
+  """Inside MultiHeadDotProductAttention (which passes an attention_fn only the keywords its
+  signature names) training with dropout works and draws flax's own dropout masks."""
+  x = jax.random.normal(jax.random.key(1), (2, 6, 16))
+
+  def run(attention_fn):
+    module = nn.MultiHeadDotProductAttention(2, dropout_rate=0.5, deterministic=False,
+                                             attention_fn=attention_fn)
+    params = module.init(jax.random.key(0), x, x)
+    return module.apply(params, x, x, rngs={'dropout': jax.random.key(5)})
+
+  got, want = run(layers.attention), run(nn.dot_product_attention)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
