@@ -2,6 +2,9 @@
 
     python -m finedual_jax.benchmark --out bench.json                    # everything (long on CPU)
     python -m finedual_jax.benchmark --out quick.json --sizes tiny --sample_batches 1,4
+    python -m finedual_jax.benchmark --out gpu.json --compute_dtype bfloat16      # on a GPU/TPU
+    python -m finedual_jax.benchmark --out paper.json \
+        --config experiments/finedual.py:size=paper --config.train.batch_size=32
 
 In one run it measures:
 
@@ -9,8 +12,8 @@ In one run it measures:
   ``jnp.dot`` (the better of the two);
 * per model (FineDual, the InterGen and in2IN-style baselines) and size (``bench``: width 512,
   8 layers in total, batch 16, T = 300; ``tiny``): the training step's examples/s and median
-  step time (≥ 10 steps after warm-up, blocking each step), its FLOPs from XLA's compiled cost
-  analysis, MFU = achieved FLOP/s / reference peak, memory (host RSS on CPU; the compiled
+  step time (≥ 10 steps after warm-up, blocking each step), its FLOPs from XLA's cost analysis
+  (of the model with textbook attention: ``data.benchmark.model_flops``), MFU = achieved FLOP/s / reference peak, memory (host RSS on CPU; the compiled
   program's arguments + outputs + temporaries elsewhere), and the fraction of step time spent
   waiting for data when the step runs inside the trainer's loop on real batches;
 * sampling: one full DDIM run (50 steps, all guidance branches in one forward pass) at T = 300
@@ -21,7 +24,8 @@ It prints a table last and writes every figure to ``--out``. On a GPU/TPU machin
 command there (``pip install -U "jax[cuda12]"`` or ``"jax[tpu]"`` first); the reference peak is
 then the measured fp32 ``jnp.dot`` rate — compare with the vendor's bf16 peak for mixed
 precision. XLA's cost analysis counts a loop body once, so the sampler's FLOPs are the body's
-times the number of DDIM steps.
+times the number of DDIM steps. FLOPs count matmuls and elementwise arithmetic, not the
+exponentials of softmax/SiLU or random-bit generation, which also take time on a CPU.
 """
 
 from __future__ import annotations
@@ -107,11 +111,12 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
                       max_text_len=config.data.max_text_len,
                       feature_dim=artifacts.representation.feature_dim)
   params = trainer.init_params(model, config, jax.random.key(0))
-  sample_fn = generation.make_sampler(
+  make_sampler = lambda: generation.make_sampler(
       model, Schedule.cosine(config.diffusion.num_steps),
       w_overall=config.diffusion.guidance_overall,
       w_individual=config.diffusion.guidance_individual, ddim_steps=ddim_steps,
       compute_dtype=precision.compute_dtype(config.model))
+  sample_fn = make_sampler()
   results = []
   for batch in batch_sizes:
     noise = jnp.zeros((batch, length, 2, artifacts.representation.feature_dim))
@@ -122,9 +127,7 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
     start = time.perf_counter()
     compiled = sample_fn.lower(*args).compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops = float((cost or {}).get('flops', float('nan'))) * ddim_steps  # Loop body x steps.
+    flops = data_benchmark.model_flops(make_sampler, *args) * ddim_steps  # Body x steps.
     seconds = _timed(lambda: compiled(*args).block_until_ready())
     if seconds < 2.0:  # Short runs are noisy: best of three more.
       seconds = min(_timed(lambda: compiled(*args).block_until_ready()) for _ in range(3))
@@ -177,9 +180,24 @@ def training_memory(model: str = 'finedual', *, batch: int = 32, max_len: int = 
           'argument_bytes': int(memory.argument_size_in_bytes)}
 
 
-def run(*, models: Sequence[str], sizes: Sequence[str], workdir: str, train_steps: int,
+def bench_configs(models: Sequence[str], sizes: Sequence[str], *,
+                  compute_dtype: str = 'float32') -> list[tuple[str, Any]]:
+  """[(size, config)] for every model and size, computing in ``compute_dtype``."""
+  out = []
+  for size in sizes:
+    for model in models:
+      config = bench_config(model, size)
+      with config.unlocked():
+        config.model.compute_dtype = compute_dtype
+      out.append((size, config))
+  return out
+
+
+def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
         sample_batches: Sequence[int], sample_length: int, ddim_steps: int,
         pipeline_batches: int, memory_check: bool = False, log=print) -> dict[str, Any]:
+  """Measures every (size label, config) of ``configs``; sampling for the 'bench' size, or for
+  every config when none is 'bench'."""
   import jax
   peak = matmul_peak()
   log(f'reference peak: NumPy {peak["numpy_flops_per_s"] / 1e9:.1f} GFLOP/s, jnp.dot '
@@ -191,25 +209,26 @@ def run(*, models: Sequence[str], sizes: Sequence[str], workdir: str, train_step
       num_batches=pipeline_batches, warmup=2)
   log(f'input pipeline T=300: {data_rate["examples_per_s"]:.0f} examples/s')
   training, sampling = [], []
-  for size in sizes:
-    for model in models:
-      config = bench_config(model, size)
-      result = data_benchmark.train_step_throughput(config, artifacts, num_steps=train_steps,
-                                                    warmup=2)
-      result.update(size=size, mfu=result['achieved_flops_per_s'] / peak['peak_flops_per_s'],
-                    host_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-      training.append(result)
-      log(f'train {model}/{size}: {result["median_step_s"] * 1e3:.0f} ms/step, '
-          f'{result["examples_per_s"]:.1f} examples/s, {result["flops_per_step"] / 1e9:.1f} '
-          f'GFLOP, MFU {result["mfu"]:.1%}, data wait {result["data_wait_fraction"]:.1%}')
-      if size == 'bench' or sizes == ('tiny',):
-        for r in sampling_throughput(config, artifacts, batch_sizes=sample_batches,
-                                     length=min(sample_length, config.data.max_len),
-                                     ddim_steps=ddim_steps, peak=peak['peak_flops_per_s']):
-          r['size'] = size
-          sampling.append(r)
-          log(f'sample {model}/{size} batch {r["batch"]}: {r["seconds"]:.1f} s, MFU '
-              f'{r["mfu"]:.1%}')
+  sample_all = all(size != 'bench' for size, _ in configs)
+  for size, config in configs:
+    model = config.model.name
+    result = data_benchmark.train_step_throughput(config, artifacts, num_steps=train_steps,
+                                                  warmup=2)
+    result.update(size=size, mfu=result['achieved_flops_per_s'] / peak['peak_flops_per_s'],
+                  host_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  compute_dtype=config.model.get('compute_dtype', 'float32'))
+    training.append(result)
+    log(f'train {model}/{size}: {result["median_step_s"] * 1e3:.0f} ms/step, '
+        f'{result["examples_per_s"]:.1f} examples/s, {result["flops_per_step"] / 1e9:.1f} '
+        f'GFLOP, MFU {result["mfu"]:.1%}, data wait {result["data_wait_fraction"]:.1%}')
+    if size == 'bench' or sample_all:
+      for r in sampling_throughput(config, artifacts, batch_sizes=sample_batches,
+                                   length=min(sample_length, config.data.max_len),
+                                   ddim_steps=ddim_steps, peak=peak['peak_flops_per_s']):
+        r['size'] = size
+        sampling.append(r)
+        log(f'sample {model}/{size} batch {r["batch"]}: {r["seconds"]:.1f} s, MFU '
+            f'{r["mfu"]:.1%}')
   memory = []
   if memory_check:
     for remat in (False, True):
@@ -229,7 +248,8 @@ def format_table(report: dict[str, Any]) -> str:
            f'{"memory MiB":>12}']
   for r in report['training']:
     memory = r['host_rss_bytes'] if r['platform'] == 'cpu' else r['device_memory_bytes']
-    lines.append(f'{r["model"] + "/" + r["size"]:<22}{r["median_step_s"] * 1e3:>9.0f}'
+    label = f'{r["model"]}/{r["size"]}' + ('/bf16' if r.get('compute_dtype') == 'bfloat16' else '')
+    lines.append(f'{label:<22}{r["median_step_s"] * 1e3:>9.0f}'
                  f'{r["examples_per_s"]:>8.1f}{r["flops_per_step"] / 1e9:>9.1f}'
                  f'{r["mfu"]:>7.1%}{r["data_wait_fraction"]:>7.1%}{(memory or 0) / 2**20:>12.0f}')
   for r in report.get('paper_memory', []):
@@ -247,6 +267,9 @@ def main() -> None:
   from absl import app
   from absl import flags
   from absl import logging
+  from ml_collections import config_flags
+
+  from finedual_jax import config_checks
 
   out = flags.DEFINE_string('out', None, 'JSON file the figures are written to.', required=True)
   models = flags.DEFINE_list('models', list(MODELS), 'Models to measure.')
@@ -259,6 +282,13 @@ def main() -> None:
   ddim_steps = flags.DEFINE_integer('ddim_steps', 50, 'DDIM steps per sample.', lower_bound=1)
   pipeline_batches = flags.DEFINE_integer('pipeline_batches', 30, 'Timed pipeline batches.',
                                           lower_bound=1)
+  compute_dtype = flags.DEFINE_enum(
+      'compute_dtype', 'float32', ['float32', 'bfloat16'],
+      'Compute dtype of the bench/tiny configs (bfloat16: mixed precision, for GPU/TPU).')
+  config_flag = config_flags.DEFINE_config_file(
+      'config', None, 'Measure this experiment config (with --config.FIELD=VALUE overrides) '
+      'instead of --models x --sizes; its batch, length and devices are used as given.',
+      lock_config=True)
   memory_check = flags.DEFINE_bool(
       'memory_check', False, 'Also compile (not run) the paper-scale FineDual step at batch 32, '
       'T=300, with and without remat, and report its device memory. On CPU XLA\'s memory '
@@ -271,12 +301,14 @@ def main() -> None:
       logging.set_verbosity(logging.WARNING)
     try:
       batches = [int(b) for b in sample_batches.value]
-      for model in models.value:
-        for size in sizes.value:
-          bench_config(model, size)  # Fails here, before any compilation, on a bad name.
+      if config_flag.value is not None:
+        config_checks.validate(config_flag.value)
+        configs = [('config', config_flag.value)]
+      else:  # Fails here, before any compilation, on a bad name.
+        configs = bench_configs(models.value, sizes.value, compute_dtype=compute_dtype.value)
     except ValueError as e:
       raise app.UsageError(str(e)) from None
-    report = run(models=models.value, sizes=tuple(sizes.value), workdir=workdir.value,
+    report = run(configs=configs, workdir=workdir.value,
                  train_steps=train_steps.value, sample_batches=batches,
                  sample_length=sample_length.value, ddim_steps=ddim_steps.value,
                  pipeline_batches=pipeline_batches.value, memory_check=memory_check.value)

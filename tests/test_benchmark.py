@@ -1,0 +1,88 @@
+"""python -m finedual_jax.benchmark: FLOP counting, the figures of a tiny run, its table and
+JSON, and bad command lines. Timings are printed by the command, never asserted here."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from finedual_jax import benchmark
+from finedual_jax.data import benchmark as data_benchmark
+from finedual_jax.models import layers
+
+
+def test_model_flops_count_every_chunk_of_the_attention_loop():
+  q = jnp.ones((4, 40, 2, 8))
+  mask = jnp.ones((4, 1, 1, 40), bool)
+  build = lambda: jax.jit(lambda q: layers.attention(q, q, q, mask=mask))
+  counted = data_benchmark.model_flops(build, q)
+  # The two matmuls of attention: 2 x (2 * 4 * 2 * 40 * 40 * 8) FLOPs, plus softmax.
+  assert counted >= 4 * 4 * 2 * 40 * 40 * 8
+  chunked = build().lower(q).cost_analysis()  # auto: chunked on CPU, a loop.
+  assert chunked['flops'] < counted  # Why model_flops traces textbook attention.
+
+
+@pytest.fixture(scope='module')
+def tiny_report(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('benchmark')
+  lines = []
+  report = benchmark.run(
+      configs=benchmark.bench_configs(['finedual', 'intergen'], ['tiny']), workdir=str(workdir),
+      train_steps=10, sample_batches=[1, 2], sample_length=16, ddim_steps=3,
+      pipeline_batches=2, log=lines.append)
+  return report, lines
+
+
+def test_tiny_run_reports_every_figure(tiny_report):
+  report, lines = tiny_report
+  assert report['peak']['peak_flops_per_s'] > 0
+  assert report['pipeline']['examples_per_s'] > 0
+  assert [(r['model'], r['size']) for r in report['training']] == [('finedual', 'tiny'),
+                                                                    ('intergen', 'tiny')]
+  for r in report['training']:
+    assert r['flops_per_step'] > 0 and r['median_step_s'] > 0 and r['examples_per_s'] > 0
+    assert r['mfu'] == pytest.approx(r['achieved_flops_per_s'] / report['peak']['peak_flops_per_s'])
+    assert 0 <= r['data_wait_fraction'] < 1
+    assert r['compute_dtype'] == 'float32' and r['host_rss_bytes'] > 0
+  # Sampling: every model and batch; a batch of 2 does twice the work of 1.
+  sampling = {(r['model'], r['batch']): r for r in report['sampling']}
+  assert set(sampling) == {(m, b) for m in ('finedual', 'intergen') for b in (1, 2)}
+  for model in ('finedual', 'intergen'):
+    one, two = sampling[model, 1], sampling[model, 2]
+    assert one['ddim_steps'] == 3 and one['length'] == 16
+    assert two['flops'] == pytest.approx(2 * one['flops'], rel=0.05)
+  table = benchmark.format_table(report)
+  assert 'finedual/tiny' in table and 'sampling (DDIM)' in table
+  assert any(line.startswith('train finedual/tiny') for line in lines)
+
+
+def test_report_is_json(tiny_report, tmp_path):
+  path = data_benchmark.write_json(tmp_path / 'bench.json', tiny_report[0])
+  assert json.loads(path.read_text())['training'][0]['model'] == 'finedual'
+
+
+def test_bench_configs_set_the_compute_dtype_and_reject_unknown_names():
+  (size, config), = benchmark.bench_configs(['in2in'], ['bench'], compute_dtype='bfloat16')
+  assert size == 'bench' and config.model.compute_dtype == 'bfloat16'
+  assert (config.model.width, config.train.batch_size, config.data.max_len) == (512, 16, 300)
+  with pytest.raises(ValueError, match="unknown model 'gpt'"):
+    benchmark.bench_configs(['gpt'], ['tiny'])
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--models=gpt'], "unknown model 'gpt'"),
+    (['--config=experiments/default.py:size=tiny', '--config.train.batch_size=0'],
+     'config.train.batch_size = 0'),
+    (['--compute_dtype=float16'], 'compute_dtype'),
+])
+def test_bad_command_lines_fail_before_measuring(args, message, tmp_path):
+  result = subprocess.run([sys.executable, '-m', 'finedual_jax.benchmark',
+                           f'--out={tmp_path / "b.json"}', f'--workdir={tmp_path}', *args],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr
+  assert not (tmp_path / 'b.json').exists()
