@@ -64,13 +64,18 @@ IMPLEMENTATIONS = ('auto', 'chunked', 'xla')
 _default_implementation = ['auto']
 
 
+def _checked(name: str) -> str:
+  if name not in IMPLEMENTATIONS:
+    raise ValueError(f'attention implementation: expected one of {IMPLEMENTATIONS}, found '
+                     f'{name!r}.')
+  return name
+
+
 @contextlib.contextmanager
 def attention_implementation(name: str):
   """Within the block, attention traced with no explicit implementation uses ``name``
   (e.g. 'xla' to count FLOPs: XLA's cost analysis counts the chunked version's loop once)."""
-  if name not in IMPLEMENTATIONS:
-    raise ValueError(f'attention implementation: expected one of {IMPLEMENTATIONS}, found '
-                     f'{name!r}.')
+  _checked(name)
   previous = _default_implementation[0]
   _default_implementation[0] = name
   try:
@@ -95,16 +100,11 @@ def attention(query, key, value, bias=None, mask=None, *, dropout_rng=None,
   flax hands an ``attention_fn`` only the keywords its signature lists (``**kwargs`` would
   silently lose ``dropout_rng``).
   """
-  implementation = implementation or _default_implementation[0]
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f'attention implementation: expected one of {IMPLEMENTATIONS}, found '
-                     f'{implementation!r}.')
+  implementation = _checked(implementation or _default_implementation[0])
   if implementation == 'auto':
     implementation = 'chunked' if jax.default_backend() == 'cpu' else 'xla'
   rate = 0.0 if deterministic else dropout_rate
-  if bias is not None:  # Neither fast path takes an additive bias (no block here uses one).
-    implementation = 'flax'
-  if implementation == 'chunked':
+  if implementation == 'chunked' and bias is None:  # No block here passes an additive bias.
     return chunked_attention.dot_product_attention(query, key, value, mask,
                                                    dropout_rng=dropout_rng, dropout_rate=rate)
   if implementation == 'xla' and rate == 0.0:

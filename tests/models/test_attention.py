@@ -149,3 +149,11 @@ def test_flax_module_hands_the_dropout_rng_through():
   assert not np.allclose(run(layers.attention), run(layers.attention, seed=6))
   np.testing.assert_allclose(run(layers.attention, True), run(nn.dot_product_attention, True),
                              atol=1e-6)
+
+
+def test_an_additive_bias_takes_the_xla_path_and_is_applied():
+  q, k, v, mask = _inputs()
+  bias = jax.random.normal(jax.random.key(7), (3, 2, 7, 5))
+  want = nn.dot_product_attention(q, k, v, bias=bias, mask=mask)
+  got = layers.attention(q, k, v, bias, mask, implementation='chunked')
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
