@@ -29,6 +29,7 @@ from typing import Sequence, TextIO
 
 from absl import logging
 
+from finedual_jax import host_memory
 from finedual_jax.evaluation import evaluator_files
 from finedual_jax.evaluation import generated
 from finedual_jax.evaluation import ground_truth
@@ -224,4 +225,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
+  host_memory.reexec_with_huge_pages()
   sys.exit(main())

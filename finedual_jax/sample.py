@@ -24,6 +24,7 @@ from absl import flags
 from absl import logging
 
 from finedual_jax import generation
+from finedual_jax import host_memory
 from finedual_jax import trainer
 from finedual_jax.models import precision
 from finedual_jax.motion import render
@@ -181,4 +182,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  host_memory.reexec_with_huge_pages()
   app.run(main)

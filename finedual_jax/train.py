@@ -23,6 +23,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from finedual_jax import config_checks
+from finedual_jax import host_memory
 from finedual_jax import parallel
 from finedual_jax import trainer
 
@@ -88,4 +89,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  host_memory.reexec_with_huge_pages()
   app.run(main, flags_parser=_parse_flags)

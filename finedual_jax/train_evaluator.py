@@ -17,6 +17,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from finedual_jax import host_memory
 from finedual_jax.evaluation import evaluator_trainer
 
 _DEFAULT_CONFIG = importlib.util.find_spec('experiments.evaluator').origin
@@ -44,4 +45,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
+  host_memory.reexec_with_huge_pages()
   app.run(main)

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from finedual_jax import host_memory
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import pipeline
 
@@ -226,7 +227,7 @@ def machine_info() -> dict[str, Any]:
   info = {'cpu_count': os.cpu_count(), 'platform': platform.platform(),
           'python': platform.python_version(),
           'timestamp': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-          'load_average': _load_average()}
+          'load_average': _load_average(), **host_memory.describe()}
   try:
     info['usable_cpus'] = len(os.sched_getaffinity(0))
   except AttributeError:  # Not every OS has CPU affinity.
@@ -382,4 +383,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
+  host_memory.reexec_with_huge_pages()
   main()
