@@ -8,18 +8,19 @@ in cache, and the backward pass is written out (flash-attention style, with a ``
 it recomputes each chunk's probabilities from the saved log-sum-exp instead of keeping the
 [B, H, T, T] probabilities, so it also needs far less memory.
 
-Attention dropout is supported: each chunk's keep-mask is drawn from ``fold_in(rng, chunk)``
-as 16-bit uniforms (two per 32-bit random word: random bits, not FLOPs, dominate dropout on a
-CPU) and kept, one byte per score, for the backward pass.
+Attention dropout is supported: each chunk's keep-mask comes from ``fold_in(rng, chunk)`` through
+``dropout.keep_mask`` (hashed bits: threefry's random bits, not FLOPs, dominated dropout on a
+CPU) and is kept, one byte per score, for the backward pass.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
+
+from finedual_jax.models import dropout
 
 CHUNK_BYTES = 2 << 20
 """Target size of one chunk's float32 score block (a few MB: the size of a core's L2/L3)."""
@@ -39,24 +40,6 @@ def _logits(q, k, mask, scale):
   return jnp.where(mask, s, jnp.float32(-0.7 * jnp.finfo(jnp.float32).max))
 
 
-def _keep(rng, index, shape, rate):
-  """Boolean keep-mask of ``shape``, each entry kept with probability ``keep_probability(rate)``
-  (``1 - rate`` to within 2**-16)."""
-  size = math.prod(shape)
-  words = jax.random.bits(jax.random.fold_in(rng, index), ((size + 1) // 2,), jnp.uint32)
-  halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:size]
-  return halves.reshape(shape) < _threshold(rate)
-
-
-def _threshold(rate: float) -> int:
-  return max(1, min(65536, round((1.0 - rate) * 65536)))
-
-
-def keep_probability(rate: float) -> float:
-  """The probability with which dropout at ``rate`` keeps a weight (a multiple of 2**-16)."""
-  return _threshold(rate) / 65536
-
-
 def _forward_chunk(q, k, v, mask, rng, index, *, scale, rate):
   s = _logits(q, k, mask, scale)
   m = jnp.max(s, axis=-1, keepdims=True)
@@ -65,8 +48,8 @@ def _forward_chunk(q, k, v, mask, rng, index, *, scale, rate):
   p = e / total
   keep = None
   if rate:
-    keep = _keep(rng, index, p.shape, rate)
-    p = jnp.where(keep, p / keep_probability(rate), 0.0)
+    keep = dropout.keep_mask(jax.random.fold_in(rng, index), p.shape, rate)
+    p = jnp.where(keep, p / dropout.keep_probability(rate), 0.0)
   out = jnp.einsum('nqk,nkd->nqd', p.astype(v.dtype), v, preferred_element_type=jnp.float32)
   return out.astype(q.dtype), (m + jnp.log(total))[..., 0], keep
 
@@ -75,8 +58,8 @@ def _backward_chunk(q, k, v, mask, keep, out, lse, d_out, *, scale, rate):
   p = jnp.exp(_logits(q, k, mask, scale) - lse[..., None])
   d_p = jnp.einsum('nqd,nkd->nqk', d_out, v, preferred_element_type=jnp.float32)
   if rate:
-    p_used = jnp.where(keep, p / keep_probability(rate), 0.0)
-    d_p = jnp.where(keep, d_p / keep_probability(rate), 0.0)
+    p_used = jnp.where(keep, p / dropout.keep_probability(rate), 0.0)
+    d_p = jnp.where(keep, d_p / dropout.keep_probability(rate), 0.0)
   else:
     p_used = p
   d_v = jnp.einsum('nqk,nqd->nkd', p_used.astype(d_out.dtype), d_out,

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from finedual_jax.models import chunked_attention
+from finedual_jax.models import dropout
 
 
 def sinusoidal_embedding(positions: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -39,7 +40,7 @@ class FeedForward(nn.Module):
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
     width = x.shape[-1]
     h = nn.gelu(nn.Dense(self.hidden)(x))
-    h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = dropout.Dropout(self.dropout)(h, deterministic=deterministic)
     return nn.Dense(width)(h)
 
 
