@@ -64,15 +64,21 @@ def describe() -> dict[str, str | None]:
           'transparent_huge_pages': transparent_huge_pages()}
 
 
+def tunables_for_this_machine() -> str | None:
+  """The ``GLIBC_TUNABLES`` value a process here should start with, None where it already has
+  it or nothing would change (see the module docstring)."""
+  if os.environ.get(OPT_OUT, '1') == '0' or not sys.platform.startswith('linux'):
+    return None
+  version = glibc_version()
+  if version is None or version < (2, 35) or transparent_huge_pages() in (None, 'never'):
+    return None
+  return tunables_with_huge_pages(os.environ.get('GLIBC_TUNABLES'))
+
+
 def reexec_with_huge_pages() -> None:
   """Starts this command again with ``glibc.malloc.hugetlb=1`` where that helps (see the module
   docstring); returns without doing anything otherwise. Call it before any work is done."""
-  if os.environ.get(OPT_OUT, '1') == '0' or not sys.platform.startswith('linux'):
-    return
-  version = glibc_version()
-  if version is None or version < (2, 35) or transparent_huge_pages() in (None, 'never'):
-    return
-  tunables = tunables_with_huge_pages(os.environ.get('GLIBC_TUNABLES'))
+  tunables = tunables_for_this_machine()
   if tunables is None:
     return
   argv = getattr(sys, 'orig_argv', None)

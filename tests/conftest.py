@@ -6,6 +6,13 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8 '
                       '--xla_cpu_collective_call_terminate_timeout_seconds=60')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+from finedual_jax import host_memory  # noqa: E402  (imports neither JAX nor NumPy)
+
+# pytest-xdist's workers and the tests' subprocesses start after this: with huge pages, as the
+# command-line entry points run (finedual_jax/host_memory.py).
+if (_tunables := host_memory.tunables_for_this_machine()) is not None:
+  os.environ['GLIBC_TUNABLES'] = _tunables
+
 
 import pytest  # noqa: E402  (after the environment above, before anything imports JAX)
 
