@@ -31,7 +31,6 @@ exponentials of softmax/SiLU or random-bit generation, which also take time on a
 from __future__ import annotations
 
 import importlib
-import resource
 import sys
 import time
 from typing import Any, Sequence
@@ -213,10 +212,14 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
   sample_all = all(size != 'bench' for size, _ in configs)
   for size, config in configs:
     model = config.model.name
+    since_model = data_benchmark.reset_peak_rss()
     result = data_benchmark.train_step_throughput(config, artifacts, num_steps=train_steps,
                                                   warmup=2)
+    # Peak host memory while this model compiled and trained (with what earlier models left
+    # resident), or since process start where the OS cannot reset the peak.
     result.update(size=size, mfu=result['achieved_flops_per_s'] / peak['peak_flops_per_s'],
-                  host_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  host_rss_bytes=data_benchmark.peak_rss_bytes(),
+                  host_rss_since='model' if since_model else 'process start',
                   compute_dtype=config.model.get('compute_dtype', 'float32'))
     training.append(result)
     log(f'train {model}/{size}: {result["median_step_s"] * 1e3:.0f} ms/step, '

@@ -49,6 +49,7 @@ def test_tiny_run_reports_every_figure(tiny_report):
     assert r['mfu'] == pytest.approx(r['achieved_flops_per_s'] / report['peak']['peak_flops_per_s'])
     assert 0 <= r['data_wait_fraction'] < 1
     assert r['compute_dtype'] == 'float32' and r['host_rss_bytes'] > 0
+    assert r['host_rss_since'] in ('model', 'process start')
   # Sampling: every model and batch; a batch of 2 does twice the work of 1.
   sampling = {(r['model'], r['batch']): r for r in report['sampling']}
   assert set(sampling) == {('intergen', 1), ('intergen', 2)}

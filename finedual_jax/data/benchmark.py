@@ -23,6 +23,7 @@ import os
 import pathlib
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Sequence
@@ -209,6 +210,32 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
       'data_wait_fraction': max(loop_median - median, 0.0) / loop_median,
       'final_loss': loss,
   }
+
+
+def reset_peak_rss() -> bool:
+  """Restarts the process's peak resident set size from its current size (Linux:
+  ``/proc/self/clear_refs``), so ``peak_rss_bytes`` measures from here; False where the OS
+  offers no such reset (the peak then counts from process start)."""
+  try:
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')
+    return True
+  except OSError:
+    return False
+
+
+def peak_rss_bytes() -> int:
+  """Peak resident set size since ``reset_peak_rss`` (Linux VmHWM), else since process start."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  import resource
+  maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return maxrss if sys.platform == 'darwin' else maxrss * 1024  # Bytes on macOS, KiB elsewhere.
 
 
 def _load_average() -> float | None:

@@ -69,3 +69,14 @@ def test_report_is_written_atomically_and_reads_back(result, dataset_dir, tmp_pa
   assert [p.name for p in path.parent.iterdir()] == ['bench.json']  # No temporary left behind.
   table = benchmark.format_table(loaded)
   assert 'workers=0' in table and ('PASS' in table or 'FAIL' in table)
+
+
+def test_peak_rss_restarts_from_the_current_size_after_a_reset():
+  import numpy as np
+  if not benchmark.reset_peak_rss():
+    pytest.skip('this OS cannot reset the peak resident set size')
+  big = np.ones(400 * 2**20 // 8)  # 400 MiB, touched, then returned to the OS.
+  del big
+  with_big = benchmark.peak_rss_bytes()
+  assert benchmark.reset_peak_rss()
+  assert benchmark.peak_rss_bytes() < with_big - 300 * 2**20
