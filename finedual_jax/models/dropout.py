@@ -31,7 +31,9 @@ def _mix(x: jax.Array) -> jax.Array:
 
 
 def _threshold(rate: float) -> int:
-  return min(2**32 - 1, max(0, round((1.0 - rate) * 2**32)))
+  if rate >= 1.0:
+    return 0
+  return min(2**32 - 1, max(1, round((1.0 - rate) * 2**32)))  # Below 1: never divide by 0.
 
 
 def keep_probability(rate: float) -> float:

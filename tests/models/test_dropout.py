@@ -44,6 +44,7 @@ def test_apply_is_unbiased_deterministic_and_handles_the_edge_rates():
                              rtol=1e-6)
   assert dropout.apply(x, jax.random.key(5), 0.0) is x
   assert not np.asarray(dropout.apply(x, jax.random.key(5), 1.0)).any()
+  assert dropout.keep_probability(1.0 - 2.0**-40) > 0  # Any rate below 1 keeps something.
   half = dropout.apply(x.astype(jnp.bfloat16), jax.random.key(5), 0.3)
   assert half.dtype == jnp.bfloat16
 
