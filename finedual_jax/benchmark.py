@@ -247,10 +247,10 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
 
 def format_table(report: dict[str, Any]) -> str:
   machine = report['machine']
-  huge = host_memory.TUNABLE + '=1' in (machine.get('glibc_tunables') or '')
   lines = [f'reference peak {report["peak"]["peak_flops_per_s"] / 1e9:.1f} GFLOP/s; input '
            f'pipeline {report["pipeline"]["examples_per_s"]:.0f} examples/s at T=300; host huge '
-           f'pages {"on" if huge else "off"} (kernel: {machine.get("transparent_huge_pages")})',
+           f'pages {"on" if machine.get("huge_pages") else "off"} '
+           f'(kernel: {machine.get("transparent_huge_pages")})',
            f'{"training":<22}{"ms/step":>9}{"ex/s":>8}{"GFLOP":>9}{"MFU":>7}{"wait":>7}'
            f'{"memory MiB":>12}']
   for r in report['training']:

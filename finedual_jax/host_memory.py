@@ -28,9 +28,18 @@ def tunables_with_huge_pages(current: str | None) -> str | None:
   """``GLIBC_TUNABLES`` with huge pages for malloc added, or None when ``current`` already
   sets ``glibc.malloc.hugetlb`` (to any value: a user's choice is kept)."""
   entries = [e for e in (current or '').split(':') if e]
-  if any(e.split('=', 1)[0] == TUNABLE for e in entries):
+  if _hugetlb(current) is not None:
     return None
   return ':'.join(entries + [f'{TUNABLE}=1'])
+
+
+def _hugetlb(tunables: str | None) -> str | None:
+  """The value ``tunables`` gives ``glibc.malloc.hugetlb``, None if it names none."""
+  for entry in (tunables or '').split(':'):
+    name, _, value = entry.partition('=')
+    if name == TUNABLE:
+      return value
+  return None
 
 
 def glibc_version() -> tuple[int, ...] | None:
@@ -60,7 +69,8 @@ def transparent_huge_pages() -> str | None:
 
 def describe() -> dict[str, str | None]:
   """What this process runs with, for benchmark reports."""
-  return {'glibc_tunables': os.environ.get('GLIBC_TUNABLES'),
+  tunables = os.environ.get('GLIBC_TUNABLES')
+  return {'glibc_tunables': tunables, 'huge_pages': _hugetlb(tunables) in ('1', '2'),
           'transparent_huge_pages': transparent_huge_pages()}
 
 

@@ -45,6 +45,15 @@ def test_tunables_add_huge_pages_and_keep_a_users_choice():
   assert host_memory.tunables_with_huge_pages('a=1:glibc.malloc.hugetlb=1') is None
 
 
+def test_describe_says_whether_huge_pages_are_on(monkeypatch):
+  for tunables, on in [('glibc.malloc.hugetlb=1', True), ('a=1:glibc.malloc.hugetlb=2', True),
+                       ('glibc.malloc.hugetlb=0', False), ('glibc.malloc.arena_max=2', False)]:
+    monkeypatch.setenv('GLIBC_TUNABLES', tunables)
+    assert host_memory.describe()['huge_pages'] is on, tunables
+  monkeypatch.delenv('GLIBC_TUNABLES')
+  assert host_memory.describe()['huge_pages'] is False
+
+
 @needs_huge_pages
 def test_reexec_runs_the_same_command_once_with_the_tunable():
   lines = _python(_REEXEC, 'x', '--flag=1', GLIBC_TUNABLES='glibc.malloc.arena_max=2')
