@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.swap_before_p = 0.5        # Person swaps as in training the denoiser (§1.2).
   config.data.swap_after_p = 0.5
   config.data.worker_count = 0           # grain worker processes (0: in this process).
+  config.data.in_memory = True           # Decode the records once (pipeline.InMemorySource).
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 2e-3 if tiny else 1e-4

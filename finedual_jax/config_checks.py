@@ -93,6 +93,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   check('data.swap_before_p', probability, 'a probability in [0, 1]')
   check('data.swap_after_p', probability, 'a probability in [0, 1]')
   check('data.worker_count', non_negative_int, 'an integer >= 0 (0: no worker processes)')
+  check('data.in_memory', lambda x: isinstance(x, bool), 'True or False')
   # diffusion
   check('diffusion.num_steps', lambda x: _is_int(x) and x >= 2, 'an integer >= 2')
   check('diffusion.ddim_steps', lambda x: positive_int(x) and x <= get('diffusion.num_steps'),

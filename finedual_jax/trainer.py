@@ -170,13 +170,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   start = int(state.step)
 
+  records = pipeline.records_in_memory(dataset_dir, 'train', config.data, log)
+
   def loader(seed: int):
     return pipeline.make_loader(
         dataset_dir, 'train', artifacts, batch_size=local_batch, max_len=config.data.max_len,
         max_text_len=config.data.max_text_len, train=True, seed=seed,
         swap_before_p=config.data.swap_before_p, swap_after_p=config.data.swap_after_p,
         worker_count=config.data.worker_count, shard_index=jax.process_index(),
-        shard_count=jax.process_count())
+        shard_count=jax.process_count(), in_memory=records)
 
   batches = iter(loader(config.seed))
   if start:

@@ -28,8 +28,12 @@ def test_model_flops_count_every_chunk_of_the_attention_loop(monkeypatch):
 
 
 @pytest.fixture(scope='module')
-def tiny_report(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('benchmark')
+def workdir(tmp_path_factory):
+  return tmp_path_factory.mktemp('benchmark')
+
+
+@pytest.fixture(scope='module')
+def tiny_report(workdir):
   lines = []
   report = benchmark.run(
       configs=benchmark.bench_configs(['intergen'], ['tiny']), workdir=str(workdir),
@@ -50,6 +54,7 @@ def test_tiny_run_reports_every_figure(tiny_report):
     assert 0 <= r['data_wait_fraction'] < 1
     assert r['compute_dtype'] == 'float32' and r['host_rss_bytes'] > 0
     assert r['host_rss_since'] in ('model', 'process start')
+    assert r['data_in_memory'] is True  # The real loop's default: records decoded once.
   # Sampling: every model and batch; a batch of 2 does twice the work of 1.
   sampling = {(r['model'], r['batch']): r for r in report['sampling']}
   assert set(sampling) == {('intergen', 1), ('intergen', 2)}

@@ -184,9 +184,12 @@ def test_impossible_values_are_named_before_data_or_compilation(tmp_path):
   config = default.get_config('size=tiny')
   for (section, field), value in bad.items():
     config[section][field] = value
+  with config.ignore_type():  # As an experiment file could write it.
+    config.data.in_memory = 'yes'
   with pytest.raises(config_checks.ConfigError) as error:
     trainer.train_and_evaluate(config, tmp_path)
   message = str(error.value)
+  assert "config.data.in_memory = 'yes': expected True or False" in message, message
   for section, field in bad:
     assert f'config.{section}.{field}' in message, message
   assert 'multiple of the devices (8) times config.train.grad_accum_steps (2)' in message

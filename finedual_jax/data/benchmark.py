@@ -149,11 +149,14 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
   step_fn = parallel.data_parallel(
       trainer.make_train_step(model, tx, schedule, config, artifacts.mean, artifacts.std), mesh)
 
+  records = pipeline.records_in_memory(artifacts.dataset_dir, 'train', data, log=lambda _: None)
   loader = pipeline.make_loader(
       artifacts.dataset_dir, 'train', artifacts, batch_size=local_batch, max_len=data.max_len,
       max_text_len=data.max_text_len, train=True, seed=config.seed, num_epochs=None,
-      swap_before_p=data.swap_before_p, swap_after_p=data.swap_after_p, worker_count=0,
-      shard_index=jax.process_index(), shard_count=jax.process_count())
+      swap_before_p=data.swap_before_p, swap_after_p=data.swap_after_p,
+      worker_count=data.worker_count, shard_index=jax.process_index(),
+      shard_count=jax.process_count(),
+      in_memory=records)
   batches = iter(loader)
   batch = parallel.to_device(next(batches), mesh)
   jax.block_until_ready(batch)
@@ -208,6 +211,7 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
       'device_memory_bytes': device_bytes,  # Compiled arguments + outputs + temporaries.
       'loop_median_step_s': loop_median,
       'data_wait_fraction': max(loop_median - median, 0.0) / loop_median,
+      'data_in_memory': bool(records),  # The loop read decoded records (data.in_memory).
       'final_loss': loss,
   }
 

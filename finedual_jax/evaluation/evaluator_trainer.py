@@ -200,12 +200,15 @@ def train_evaluator(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
   log(f'evaluator: {num_params:,} parameters, vocabulary {tokenizer.vocab_size} '
       f'(SentencePiece {tokenizer.path}); data {dataset_dir}; batch {config.train.batch_size}')
 
+  records = pipeline.records_in_memory(dataset_dir, 'train', config.data, log)
+
   def loader(seed):
     return pipeline.make_loader(
         dataset_dir, 'train', artifacts, batch_size=config.train.batch_size,
         max_len=config.data.max_len, max_text_len=config.model.context_length, train=True,
         seed=seed, swap_before_p=config.data.swap_before_p,
-        swap_after_p=config.data.swap_after_p, worker_count=config.data.worker_count)
+        swap_after_p=config.data.swap_after_p, worker_count=config.data.worker_count,
+        in_memory=records)
 
   start = int(state.step)
   batches = iter(loader(config.seed))

@@ -4,7 +4,9 @@ eval-mode content, the two person swaps, and the errors for bad statistics and b
 from __future__ import annotations
 
 import itertools
+import pickle
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -328,13 +330,54 @@ def test_iterator_state_restores_the_exact_continuation(dataset_dir, artifacts):
 def test_worker_processes_are_deterministic_and_their_state_restores(dataset_dir, artifacts):
   # Each grain worker batches its own stride of records, so batches depend on the worker
   # count (not on timing): a run must resume with the worker count it was started with.
-  expected = _take(_loader(dataset_dir, artifacts, seed=2, worker_count=2), 5)
+  # in_memory does not apply to workers (they read the files): the same batches either way.
+  expected = _take(_loader(dataset_dir, artifacts, seed=2, worker_count=2, in_memory=True), 5)
   iterator = iter(_loader(dataset_dir, artifacts, seed=2, worker_count=2))
   _assert_same_batches(_take(iterator, 2), expected[:2])
   state = iterator.get_state()
   restored = iter(_loader(dataset_dir, artifacts, seed=2, worker_count=2))
   restored.set_state(state)
   _assert_same_batches(_take(restored, 3), expected[2:])
+
+
+def test_in_memory_records_give_the_same_batches_and_restore(dataset_dir, artifacts):
+  records = pipeline.InMemorySource(pipeline.data_source(dataset_dir, 'train'), 'train')
+  expected = _take(_loader(dataset_dir, artifacts, seed=6), 6)
+  _assert_same_batches(_take(_loader(dataset_dir, artifacts, seed=6, in_memory=records), 6),
+                       expected)
+  _assert_same_batches(_take(_loader(dataset_dir, artifacts, seed=6, in_memory=True), 6),
+                       expected)
+  iterator = iter(_loader(dataset_dir, artifacts, seed=6, in_memory=records))
+  _take(iterator, 2)
+  restored = iter(_loader(dataset_dir, artifacts, seed=6, in_memory=records))
+  restored.set_state(iterator.get_state())
+  _assert_same_batches(_take(restored, 4), expected[2:])
+
+
+def test_in_memory_source_holds_read_only_copies_of_every_record(dataset_dir, train_source):
+  records = pipeline.InMemorySource(train_source, 'train')
+  assert len(records) == len(train_source)
+  assert records.nbytes == sum(train_source[i]['motion'].nbytes for i in range(len(records)))
+  for i in (0, len(records) - 1):
+    np.testing.assert_array_equal(records[i]['motion'], train_source[i]['motion'])
+    assert records[i]['captions'] == train_source[i]['captions']
+    with pytest.raises(ValueError, match='read-only'):
+      records[i]['motion'][0, 0, 0] = 1.0
+  with pytest.raises(TypeError, match='worker_count > 0'):
+    pickle.dumps(records)
+
+
+def test_records_in_memory_follows_the_config(dataset_dir):
+  config = ml_collections.ConfigDict({'in_memory': True, 'worker_count': 0})
+  messages = []
+  records = pipeline.records_in_memory(dataset_dir, 'val', config, log=messages.append)
+  assert isinstance(records, pipeline.InMemorySource)
+  assert len(records) == len(pipeline.data_source(dataset_dir, 'val'))
+  assert len(messages) == 1 and f'{len(records)} records' in messages[0]
+  for off in ({'in_memory': False, 'worker_count': 0}, {'in_memory': True, 'worker_count': 2}):
+    assert pipeline.records_in_memory(dataset_dir, 'val', ml_collections.ConfigDict(off),
+                                      log=messages.append) is False
+  assert len(messages) == 1
 
 
 def test_process_shards_are_disjoint_and_cover_the_records(dataset_dir, artifacts):
