@@ -11,6 +11,7 @@ import pytest
 
 from finedual_jax import benchmark
 from finedual_jax.data import benchmark as data_benchmark
+from finedual_jax.data import pipeline
 from finedual_jax.models import layers
 
 
@@ -64,6 +65,17 @@ def test_tiny_run_reports_every_figure(tiny_report):
   table = benchmark.format_table(report)
   assert 'intergen/tiny' in table and 'sampling (DDIM)' in table
   assert any(line.startswith('train intergen/tiny') for line in lines)
+
+
+def test_training_flops_do_not_count_what_remat_recomputes(tiny_report, workdir):
+  (_, config), = benchmark.bench_configs(['intergen'], ['tiny'])
+  with config.unlocked():
+    config.model.remat = True
+  artifacts = pipeline.load_artifacts(data_benchmark.synthetic_dataset_dir(workdir))
+  remat = data_benchmark.train_step_throughput(config, artifacts, num_steps=1, warmup=1)
+  plain, = [r for r in tiny_report[0]['training'] if r['model'] == 'intergen']
+  # The remat program recomputes the blocks' forward passes (~19% more FLOPs in its HLO).
+  assert remat['flops_per_step'] == pytest.approx(plain['flops_per_step'], rel=1e-6)
 
 
 def test_report_is_json(tiny_report, tmp_path):

@@ -163,8 +163,10 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
   compile_start = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - compile_start
+  # Model FLOPs: what rematerialisation recomputes is time spent, not work counted.
+  plain = model.clone(remat=False) if getattr(model, 'remat', False) else model
   flops = model_flops(lambda: parallel.data_parallel(trainer.make_train_step(
-      model, tx, schedule, config, artifacts.mean, artifacts.std), mesh), state, batch)
+      plain, tx, schedule, config, artifacts.mean, artifacts.std), mesh), state, batch)
   memory = compiled.memory_analysis()
   device_bytes = (None if memory is None else int(
       memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
