@@ -141,8 +141,9 @@ class InMemorySource:
   copies). Records and order are those of the files, so batches are the same as from disk.
   """
 
-  def __init__(self, source, name: str = 'split'):
-    self.name = name
+  def __init__(self, dataset_dir: str | pathlib.Path, split: str):
+    self.dataset_dir, self.split = pathlib.Path(dataset_dir), split
+    source = data_source(dataset_dir, split)
     self._records = tuple(_frozen(source[i]) for i in range(len(source)))
     self.nbytes = sum(value.nbytes for record in self._records for value in record.values()
                       if isinstance(value, np.ndarray))
@@ -154,7 +155,8 @@ class InMemorySource:
     return self._records[index]
 
   def __repr__(self) -> str:
-    return f'InMemorySource({self.name}, {len(self)} records, {self.nbytes / 2**20:.1f} MiB)'
+    return (f'InMemorySource({self.dataset_dir} {self.split}, {len(self)} records, '
+            f'{self.nbytes / 2**20:.1f} MiB)')
 
   def __reduce__(self):  # Worker processes would each get a pickled copy of every record.
     raise TypeError(f'{self!r} is not sent to worker processes; with data.worker_count > 0 the '
@@ -168,7 +170,7 @@ def records_in_memory(dataset_dir: str | pathlib.Path, split: str, data_config,
   if not data_config.get('in_memory', False) or data_config.get('worker_count', 0):
     return False
   start = time.perf_counter()
-  records = InMemorySource(data_source(dataset_dir, split), split)
+  records = InMemorySource(dataset_dir, split)
   log(f'data: {split} split decoded into host memory: {len(records)} records, '
       f'{records.nbytes / 2**20:.0f} MiB in {time.perf_counter() - start:.1f} s (data.in_memory)')
   return records
@@ -264,12 +266,16 @@ def make_loader(dataset_dir: str | pathlib.Path, split: str, artifacts: Artifact
     # grain's worker processes read its absl flags; outside an absl program (a notebook,
     # pytest) nothing parsed them, so use their defaults instead of failing in the workers.
     flags.FLAGS.mark_as_parsed()
+  if isinstance(in_memory, InMemorySource) and (
+      in_memory.dataset_dir, in_memory.split) != (pathlib.Path(dataset_dir), split):
+    raise ValueError(f'make_loader: in_memory holds {in_memory.dataset_dir} split '
+                     f'{in_memory.split!r}, but the loader is for {dataset_dir} split {split!r}.')
   if isinstance(in_memory, InMemorySource) and not worker_count:
     source = in_memory
+  elif in_memory and not worker_count:
+    source = InMemorySource(dataset_dir, split)
   else:
     source = data_source(dataset_dir, split)
-    if in_memory and not worker_count:
-      source = InMemorySource(source, f'{dataset_dir} {split}')
   if len(source) < batch_size * shard_count:
     raise ValueError(f'{dataset_dir} split {split!r} has {len(source)} examples, fewer than one '
                      f'global batch ({batch_size} x {shard_count} processes).')

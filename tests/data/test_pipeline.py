@@ -341,7 +341,7 @@ def test_worker_processes_are_deterministic_and_their_state_restores(dataset_dir
 
 
 def test_in_memory_records_give_the_same_batches_and_restore(dataset_dir, artifacts):
-  records = pipeline.InMemorySource(pipeline.data_source(dataset_dir, 'train'), 'train')
+  records = pipeline.InMemorySource(dataset_dir, 'train')
   expected = _take(_loader(dataset_dir, artifacts, seed=6), 6)
   _assert_same_batches(_take(_loader(dataset_dir, artifacts, seed=6, in_memory=records), 6),
                        expected)
@@ -354,8 +354,9 @@ def test_in_memory_records_give_the_same_batches_and_restore(dataset_dir, artifa
   _assert_same_batches(_take(restored, 4), expected[2:])
 
 
-def test_in_memory_source_holds_read_only_copies_of_every_record(dataset_dir, train_source):
-  records = pipeline.InMemorySource(train_source, 'train')
+def test_in_memory_source_holds_read_only_copies_of_every_record(dataset_dir, artifacts,
+                                                                 train_source):
+  records = pipeline.InMemorySource(dataset_dir, 'train')
   assert len(records) == len(train_source)
   assert records.nbytes == sum(train_source[i]['motion'].nbytes for i in range(len(records)))
   for i in (0, len(records) - 1):
@@ -365,6 +366,9 @@ def test_in_memory_source_holds_read_only_copies_of_every_record(dataset_dir, tr
       records[i]['motion'][0, 0, 0] = 1.0
   with pytest.raises(TypeError, match='worker_count > 0'):
     pickle.dumps(records)
+  with pytest.raises(ValueError, match="in_memory holds .* split 'train', but the loader is "
+                                       "for .* split 'val'"):
+    _loader(dataset_dir, artifacts, split='val', in_memory=records)
 
 
 def test_records_in_memory_follows_the_config(dataset_dir):
