@@ -54,7 +54,7 @@ def base_config(size: str, dataset: str) -> ml_collections.ConfigDict:
   config.data.worker_count = 0           # grain worker processes (0: in the training process);
                                          # batches depend on it: resume with the same value.
   config.data.in_memory = True           # Decode the split's records once into host memory
-                                         # (InterHuman: ~2.4 GB) instead of every epoch; with
+                                         # (InterHuman: ~2 GB, est.) instead of every epoch; with
                                          # worker_count=0 only. Same batches either way.
 
   config.diffusion = ml_collections.ConfigDict()

@@ -270,12 +270,11 @@ def make_loader(dataset_dir: str | pathlib.Path, split: str, artifacts: Artifact
       in_memory.dataset_dir, in_memory.split) != (pathlib.Path(dataset_dir), split):
     raise ValueError(f'make_loader: in_memory holds {in_memory.dataset_dir} split '
                      f'{in_memory.split!r}, but the loader is for {dataset_dir} split {split!r}.')
-  if isinstance(in_memory, InMemorySource) and not worker_count:
-    source = in_memory
-  elif in_memory and not worker_count:
-    source = InMemorySource(dataset_dir, split)
-  else:
+  if worker_count or not in_memory:
     source = data_source(dataset_dir, split)
+  else:
+    source = in_memory if isinstance(in_memory, InMemorySource) else InMemorySource(dataset_dir,
+                                                                                   split)
   if len(source) < batch_size * shard_count:
     raise ValueError(f'{dataset_dir} split {split!r} has {len(source)} examples, fewer than one '
                      f'global batch ({batch_size} x {shard_count} processes).')
