@@ -145,6 +145,9 @@ class InMemorySource:
     self.dataset_dir, self.split = pathlib.Path(dataset_dir), split
     source = data_source(dataset_dir, split)
     self._records = tuple(_frozen(source[i]) for i in range(len(source)))
+    # Grain checks a restored iterator's source by repr: it names the data set, not where it
+    # lies, so a run (or its data) moved to another directory still resumes.
+    self._file_source_repr = repr(source)
     self.nbytes = sum(value.nbytes for record in self._records for value in record.values()
                       if isinstance(value, np.ndarray))
 
@@ -155,7 +158,7 @@ class InMemorySource:
     return self._records[index]
 
   def __repr__(self) -> str:
-    return (f'InMemorySource({self.dataset_dir} {self.split}, {len(self)} records, '
+    return (f'InMemorySource({self._file_source_repr}, {len(self)} records, '
             f'{self.nbytes / 2**20:.1f} MiB)')
 
   def __reduce__(self):  # Worker processes would each get a pickled copy of every record.

@@ -4,7 +4,9 @@ eval-mode content, the two person swaps, and the errors for bad statistics and b
 from __future__ import annotations
 
 import itertools
+import pathlib
 import pickle
+import shutil
 
 import ml_collections
 import numpy as np
@@ -340,7 +342,7 @@ def test_worker_processes_are_deterministic_and_their_state_restores(dataset_dir
   _assert_same_batches(_take(restored, 3), expected[2:])
 
 
-def test_in_memory_records_give_the_same_batches_and_restore(dataset_dir, artifacts):
+def test_in_memory_records_give_the_same_batches_and_restore(dataset_dir, artifacts, tmp_path):
   records = pipeline.InMemorySource(dataset_dir, 'train')
   expected = _take(_loader(dataset_dir, artifacts, seed=6), 6)
   _assert_same_batches(_take(_loader(dataset_dir, artifacts, seed=6, in_memory=records), 6),
@@ -350,6 +352,13 @@ def test_in_memory_records_give_the_same_batches_and_restore(dataset_dir, artifa
   iterator = iter(_loader(dataset_dir, artifacts, seed=6, in_memory=records))
   _take(iterator, 2)
   restored = iter(_loader(dataset_dir, artifacts, seed=6, in_memory=records))
+  restored.set_state(iterator.get_state())
+  _assert_same_batches(_take(restored, 4), expected[2:])
+  # A run whose data directory moved (a copied workdir) resumes: the state names no path.
+  name_and_version = pathlib.Path(dataset_dir).parts[-2:]
+  moved = tmp_path.joinpath('moved', *name_and_version)
+  shutil.copytree(dataset_dir, moved)
+  restored = iter(_loader(moved, artifacts, seed=6, in_memory=True))
   restored.set_state(iterator.get_state())
   _assert_same_batches(_take(restored, 4), expected[2:])
 
