@@ -147,7 +147,8 @@ class Checkpointer:
     """Sets ``iterator`` to the input-pipeline state saved at ``step``.
 
     Returns '' on success, else why it could not (no data state in that checkpoint, or one
-    saved by a different number of processes); the iterator is then left as it was.
+    saved by a different number of processes or for a loader grain does not match to this
+    one); the iterator is then left as it was.
     """
     step = self.latest_step() if step is None else step
     if step is None:
@@ -159,8 +160,14 @@ class Checkpointer:
     if not (folder / f'process_{jax.process_index()}-of-{count}.json').is_file():
       return (f'checkpoint {step} holds the input-pipeline state of another process count '
               f'({", ".join(sorted(p.name for p in folder.glob("*.json")))}; now {count})')
-    self._manager.restore(step, args=ocp.args.Composite(
-        data=grain.checkpoint.CheckpointRestore(iterator)))
+    try:
+      self._manager.restore(step, args=ocp.args.Composite(
+          data=grain.checkpoint.CheckpointRestore(iterator)))
+    except ValueError as e:  # grain checks the state against the loader before applying it.
+      if 'does not match' not in str(e):
+        raise
+      return (f'checkpoint {step} holds the input-pipeline state of another loader (a changed '
+              f'data set, data.worker_count or sampler): {str(e).splitlines()[0]}')
     logging.info('input pipeline restored from checkpoint %d', step)
     return ''
 

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -235,6 +236,29 @@ def test_keeps_the_last_n_checkpoints_plus_every_kth(tmp_path):
   assert checkpointer.all_steps() == [3, 6, 7]
   assert checkpointer.restore_config(6) == {'step': 6}
   assert checkpointer.restore_run_info(7) == {'git_commit': 'abc'}
+  checkpointer.close()
+
+
+def _grain_loader(seed):
+  sampler = grain.samplers.IndexSampler(num_records=10, shuffle=True, num_epochs=1, seed=seed)
+  return grain.DataLoader(data_source=list(range(10)), sampler=sampler)
+
+
+def test_a_pipeline_state_of_another_loader_is_refused_with_a_reason(tmp_path):
+  state = _tiny_state(parallel.make_mesh(1))
+  saved = iter(_grain_loader(seed=1))
+  next(saved)
+  checkpointer = checkpointing.Checkpointer(tmp_path, training=True)
+  checkpointer.save(1, state, {}, saved.get_state())
+  checkpointer.wait()
+  same = iter(_grain_loader(seed=1))
+  assert checkpointer.restore_data(same, 1) == ''
+  assert list(same) == list(saved)
+  other = iter(_grain_loader(seed=2))  # Another sampler: grain refuses the state.
+  problem = checkpointer.restore_data(other, 1)
+  assert 'checkpoint 1 holds the input-pipeline state of another loader' in problem
+  assert 'Sampler in checkpoint does not match' in problem
+  assert list(other) == list(_grain_loader(seed=2))  # Left as it was.
   checkpointer.close()
 
 
