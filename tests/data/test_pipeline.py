@@ -7,6 +7,7 @@ import itertools
 import pathlib
 import pickle
 import shutil
+import sys
 
 import ml_collections
 import numpy as np
@@ -402,3 +403,54 @@ def test_process_shards_are_disjoint_and_cover_the_records(dataset_dir, artifact
   seen = [tuple(b[batch_lib.TEXT_TOKENS][0]) + (float(b[batch_lib.MOTION].sum()),)
           for shard in shards for b in shard]
   assert len(set(seen)) == len(seen)
+
+
+# --- The sampler ---------------------------------------------------------------------------
+
+def _keys(sampler, shard_index, shard_count, count):
+  """Record keys of one process's first ``count`` elements, indexed as grain's loader does."""
+  return [sampler[i * shard_count + shard_index].record_key for i in range(count)]
+
+
+def test_sampler_epochs_are_fresh_permutations_of_each_processs_contiguous_shard():
+  num_records, count = 23, 3  # 7 records per shard, 2 dropped.
+  shards = []
+  for shard_index in range(count):
+    sampler = pipeline.EpochShuffleSampler(num_records, shard_index=shard_index,
+                                           shard_count=count, shuffle=True, num_epochs=3, seed=4)
+    assert len(sampler) == 3 * 7 * count
+    keys = _keys(sampler, shard_index, count, 21)
+    epochs = [keys[i:i + 7] for i in range(0, 21, 7)]
+    for epoch in epochs:
+      assert sorted(epoch) == list(range(7 * shard_index, 7 * shard_index + 7))
+    assert epochs[0] != epochs[1] or epochs[1] != epochs[2]
+    shards.append(set(keys))
+    with pytest.raises(IndexError, match='outside'):
+      sampler[len(sampler)]
+  assert set.union(*shards) == set(range(21)) and sum(map(len, shards)) == 21
+
+
+def test_sampler_is_deterministic_in_any_reading_order_and_shuffle_off_keeps_file_order():
+  def sampler(seed, shuffle=True):
+    return pipeline.EpochShuffleSampler(50, shuffle=shuffle, num_epochs=None, seed=seed)
+  forward = [(m.record_key, m.rng.integers(1 << 30)) for m in map(sampler(9).__getitem__,
+                                                                    range(150))]
+  backward = sampler(9)  # A restored reader starts mid-way; its orders must be the same.
+  assert [(m.record_key, m.rng.integers(1 << 30)) for m in
+          (backward[i] for i in reversed(range(150)))] == forward[::-1]
+  assert [k for k, _ in forward] != _keys(sampler(10), 0, 1, 150)
+  assert _keys(sampler(9, shuffle=False), 0, 1, 120) == [i % 50 for i in range(120)]
+  assert len(sampler(9)) == sys.maxsize
+  assert repr(sampler(9)) == repr(sampler(9)) != repr(sampler(10))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'num_records': 2, 'shard_count': 3}, 'at least one record per shard'),
+    ({'num_epochs': 0}, 'num_epochs >= 1'),
+    ({'shard_index': 3, 'shard_count': 3}, r'shard_index must be in \[0, 3\)'),
+    ({'seed': -1}, r'seed must be in \[0, 2\*\*32\)'),
+])
+def test_sampler_rejects_bad_arguments(kwargs, message):
+  arguments = dict(num_records=10, shuffle=True, num_epochs=1, seed=0) | kwargs
+  with pytest.raises(ValueError, match=message):
+    pipeline.EpochShuffleSampler(arguments.pop('num_records'), **arguments)
