@@ -8,6 +8,8 @@ person 1's canonical frame: person 1's root at the origin at frame 0, facing +z,
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from finedual_jax.motion import skeleton
@@ -59,9 +61,10 @@ def mirror_used(positions: np.ndarray, rotations: np.ndarray) -> tuple[np.ndarra
 def _facing_rotation(positions0: np.ndarray) -> np.ndarray:
   """[22, 3] joints at one frame -> [3, 3] rotation about y that turns the body to face +z."""
   across = positions0[skeleton.RIGHT_HIP] - positions0[skeleton.LEFT_HIP]
-  forward = np.cross(np.array([0.0, 1.0, 0.0]), across)
-  angle = -np.arctan2(forward[0], forward[2])
-  c, s = np.cos(angle), np.sin(angle)
+  # forward = up x across = (across_z, 0, -across_x), written out: np.cross on one 3-vector
+  # costs ~50 µs, a quarter of building a small training example.
+  angle = -math.atan2(float(across[2]), 0.0 - float(across[0]))
+  c, s = math.cos(angle), math.sin(angle)
   return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
 
 
