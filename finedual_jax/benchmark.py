@@ -195,7 +195,8 @@ def bench_configs(models: Sequence[str], sizes: Sequence[str], *,
 
 def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
         sample_batches: Sequence[int], sample_length: int, ddim_steps: int,
-        pipeline_batches: int, memory_check: bool = False, log=print) -> dict[str, Any]:
+        pipeline_batches: int, train_seconds: float = 3.0, memory_check: bool = False,
+        log=print) -> dict[str, Any]:
   """Measures every (size label, config) of ``configs``; sampling for the 'bench' size, or for
   every config when none is 'bench'."""
   import jax
@@ -214,7 +215,7 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
     model = config.model.name
     since_model = data_benchmark.reset_peak_rss()
     result = data_benchmark.train_step_throughput(config, artifacts, num_steps=train_steps,
-                                                  warmup=2)
+                                                  warmup=2, min_seconds=train_seconds)
     # Peak host memory while this model compiled and trained (with what earlier models left
     # resident), or since process start where the OS cannot reset the peak.
     result.update(size=size, mfu=result['achieved_flops_per_s'] / peak['peak_flops_per_s'],
@@ -284,6 +285,10 @@ def main() -> None:
   workdir = flags.DEFINE_string('workdir', '/tmp/finedual_benchmark',
                                 'Where the synthetic data set is built and reused.')
   train_steps = flags.DEFINE_integer('train_steps', 10, 'Timed training steps.', lower_bound=10)
+  train_seconds = flags.DEFINE_float(
+      'train_seconds', 3.0, 'Short steps repeat until their compute adds up to this (each '
+      'kind: alone and in the loop), for a data wait measured to about a per cent.',
+      lower_bound=0.0)
   sample_batches = flags.DEFINE_list('sample_batches', ['1', '4', '32'], 'Sampling batches.')
   sample_length = flags.DEFINE_integer('sample_length', 300, 'Frames sampled.', lower_bound=2)
   ddim_steps = flags.DEFINE_integer('ddim_steps', 50, 'DDIM steps per sample.', lower_bound=1)
@@ -316,7 +321,8 @@ def main() -> None:
     except ValueError as e:
       raise app.UsageError(str(e)) from None
     report = run(configs=configs, workdir=workdir.value,
-                 train_steps=train_steps.value, sample_batches=batches,
+                 train_steps=train_steps.value, train_seconds=train_seconds.value,
+                 sample_batches=batches,
                  sample_length=sample_length.value, ddim_steps=ddim_steps.value,
                  pipeline_batches=pipeline_batches.value, memory_check=memory_check.value)
     print(f'wrote {data_benchmark.write_json(out.value, report)}')

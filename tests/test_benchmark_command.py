@@ -38,7 +38,7 @@ def tiny_report(workdir):
   lines = []
   report = benchmark.run(
       configs=benchmark.bench_configs(['intergen'], ['tiny']), workdir=str(workdir),
-      train_steps=10, sample_batches=[1, 2], sample_length=16, ddim_steps=3,
+      train_steps=10, train_seconds=1.0, sample_batches=[1, 2], sample_length=16, ddim_steps=3,
       pipeline_batches=2, log=lines.append)
   return report, lines
 
@@ -53,6 +53,9 @@ def test_tiny_run_reports_every_figure(tiny_report):
     assert r['flops_per_step'] > 0 and r['median_step_s'] > 0 and r['examples_per_s'] > 0
     assert r['mfu'] == pytest.approx(r['achieved_flops_per_s'] / report['peak']['peak_flops_per_s'])
     assert 0 <= r['data_wait_fraction'] < 1
+    # ~14 ms steps repeat until each kind (alone, in the loop) has run a second.
+    assert r['num_steps'] > 10 and r['compute_seconds'] >= 1.0
+    assert r['loop_median_step_s'] > 0
     assert r['compute_dtype'] == 'float32' and r['host_rss_bytes'] > 0
     assert r['host_rss_since'] in ('model', 'process start')
     assert r['data_in_memory'] is True  # The real loop's default: records decoded once.
@@ -72,7 +75,9 @@ def test_training_flops_do_not_count_what_remat_recomputes(tiny_report, workdir)
   with config.unlocked():
     config.model.remat = True
   artifacts = pipeline.load_artifacts(data_benchmark.synthetic_dataset_dir(workdir))
-  remat = data_benchmark.train_step_throughput(config, artifacts, num_steps=1, warmup=1)
+  remat = data_benchmark.train_step_throughput(config, artifacts, num_steps=1, warmup=1,
+                                               min_seconds=0.0)
+  assert remat['num_steps'] == 1
   plain, = [r for r in tiny_report[0]['training'] if r['model'] == 'intergen']
   # The remat program recomputes the blocks' forward passes (~19% more FLOPs in its HLO).
   assert remat['flops_per_step'] == pytest.approx(plain['flops_per_step'], rel=1e-6)

@@ -116,12 +116,14 @@ def model_flops(build: Callable[[], Any], *args) -> float:
 
 
 def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: int = 10,
-                          warmup: int = 2) -> dict[str, Any]:
+                          warmup: int = 2, min_seconds: float = 3.0) -> dict[str, Any]:
   """Examples/s the compiled training step consumes at ``config`` on this machine's devices.
 
-  The step is built as the trainer builds it and fed one pre-placed batch over and over,
-  blocking on the loss every step, so only compute is timed. Returns the median step time
-  over ``num_steps`` steps after ``warmup`` (the first of which compiles).
+  The step is built as the trainer builds it. Compute alone: one pre-placed batch over and
+  over, blocking on the loss every step. In the loop: as the trainer runs it, reading and
+  placing the next batch while the step runs. The two alternate after ``warmup`` steps, at
+  least ``num_steps`` of each and more until the compute steps add up to ``min_seconds``;
+  returns the median step times and the data wait (what the loop adds to compute alone).
   """
   import jax  # Kept out of module import so pipeline measurements run without JAX loaded.
 
@@ -172,25 +174,36 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
       memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
       - memory.alias_size_in_bytes))
 
-  times = []
-  for i in range(warmup + num_steps):
-    start = time.perf_counter()
+  def compute_step(state):  # One pre-placed batch: compute alone.
     state, metrics = compiled(state, batch)
-    loss = float(metrics['total'])  # Blocks on the step.
+    return state, float(metrics['total'])  # Blocks on the step.
+
+  def loop_step(state, next_batch):  # The trainer's loop: read the next batch while it runs.
+    state, metrics = compiled(state, next_batch)
+    next_batch = parallel.to_device(next(batches), mesh)
+    return state, next_batch, float(metrics['total'])
+
+  warmup_times = []
+  for _ in range(warmup):
+    start = time.perf_counter()
+    state, loss = compute_step(state)
+    warmup_times.append(time.perf_counter() - start)
+  # The two kinds of step alternate, so drifting clocks and neighbours weigh on both alike;
+  # short steps are repeated until each kind has run ~min_seconds (medians of few ~10 ms
+  # steps are too noisy for a data wait of a few per cent).
+  times, loop_times = [], []
+  next_batch = parallel.to_device(next(batches), mesh)
+  while len(times) < num_steps or sum(times) < min_seconds:
+    start = time.perf_counter()
+    state, loss = compute_step(state)
     times.append(time.perf_counter() - start)
-    if not np.isfinite(loss):
-      raise FloatingPointError(f'train_step_throughput: step {i + 1} gave a non-finite loss.')
-  timed = times[warmup:]
-  median = statistics.median(timed)
-  # The same step inside the trainer's loop: dispatch, read and place the next batch while it
-  # runs, then block. What this adds over the compute-only step is time spent waiting for data.
-  loop_times = []
-  for _ in range(num_steps):
     start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    batch = parallel.to_device(next(batches), mesh)
-    float(metrics['total'])
+    state, next_batch, loop_loss = loop_step(state, next_batch)
     loop_times.append(time.perf_counter() - start)
+    if not (np.isfinite(loss) and np.isfinite(loop_loss)):
+      raise FloatingPointError(f'train_step_throughput: step {warmup + 2 * len(times)} gave a '
+                               'non-finite loss.')
+  median = statistics.median(times)
   loop_median = statistics.median(loop_times)
   return {
       'model': config.model.name,
@@ -200,13 +213,14 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
       'max_text_len': int(data.max_text_len),
       'num_devices': int(mesh.devices.size),
       'platform': jax.devices()[0].platform,
-      'num_steps': num_steps,
+      'num_steps': len(times),  # Of each kind: compute alone, and in the loop.
+      'compute_seconds': sum(times),
       'warmup_steps': warmup,
       'compile_s': compile_s,
-      'first_step_s': times[0],
+      'first_step_s': warmup_times[0],
       'median_step_s': median,
-      'min_step_s': min(timed),
-      'max_step_s': max(timed),
+      'min_step_s': min(times),
+      'max_step_s': max(times),
       'examples_per_s': config.train.batch_size / median,
       'flops_per_step': flops,  # XLA's cost analysis, textbook attention (model_flops).
       'achieved_flops_per_s': flops / median,
