@@ -52,7 +52,7 @@ class Checkpointer:
     self.workdir = pathlib.Path(workdir).absolute()
     self.directory = self.workdir / 'checkpoints'
     self._options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, keep_period=keep_every or None, create=True,
+        max_to_keep=max_to_keep, keep_period=keep_every or None, create=training,
         enable_async_checkpointing=True, cleanup_tmp_directories=training)
     self.unfinished = self._unfinished_saves() if training else []  # Before orbax removes them.
     self._manager = ocp.CheckpointManager(self.directory, options=self._options)

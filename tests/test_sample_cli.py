@@ -115,6 +115,7 @@ def test_bad_texts_and_files(trained_run, tmp_path, monkeypatch):
     sample.make_prompts(PROMPTS, 'A person hugs.', 'A person hugs back.')
   with pytest.raises(FileNotFoundError, match='no checkpoint in'):
     _sample(tmp_path / 'nothing', tmp_path / 'out')
+  assert not (tmp_path / 'nothing').exists()  # A reader leaves a mistyped workdir alone.
   bad = tmp_path / 'prompts.txt'
   bad.write_text('# only a comment\n\n')
   with pytest.raises(ValueError, match=rf'{bad}: no prompts'):

@@ -191,7 +191,8 @@ def train_evaluator(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
                       jnp.zeros((1, config.model.context_length), jnp.int32))['params']
   state = EvaluatorState(jnp.zeros((), jnp.int32), params, tx.init(params), rng_dropout)
   num_params = sum(x.size for x in jax.tree.leaves(params))
-  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.train.max_to_keep)
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.train.max_to_keep,
+                                            training=True)
   config_dict = config.to_dict()
   if checkpointer.latest_step() is not None:
     state, _ = checkpointer.restore(checkpointing.abstract_like(state))
