@@ -274,6 +274,9 @@ class EpochShuffleSampler:
     self._num_records, self._shuffle, self._num_epochs, self._seed = (
         num_records, shuffle, num_epochs, seed)
     self._shard_index, self._shard_count = shard_index, shard_count
+    # What the DataLoader is given too: it asks for this process's indices only.
+    self.shard_options = grain.sharding.ShardOptions(
+        shard_index=shard_index, shard_count=shard_count, drop_remainder=True)
     self._per_shard = num_records // shard_count
     self._first = shard_index * self._per_shard
     self._orders: dict[int, np.ndarray] = {}
@@ -355,5 +358,4 @@ def make_loader(dataset_dir: str | pathlib.Path, split: str, artifacts: Artifact
   ]
   return grain.DataLoader(
       data_source=source, sampler=sampler, operations=operations, worker_count=worker_count,
-      read_options=read_options, shard_options=grain.sharding.ShardOptions(
-          shard_index=shard_index, shard_count=shard_count, drop_remainder=True))
+      read_options=read_options, shard_options=sampler.shard_options)
