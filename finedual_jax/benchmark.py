@@ -103,6 +103,7 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
 
   from finedual_jax import generation
   from finedual_jax import trainer
+  from finedual_jax import xla_cpu
   from finedual_jax.diffusion.schedule import Schedule
   from finedual_jax.models import precision
   from finedual_jax.models.factory import build_model
@@ -133,7 +134,8 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
       seconds = min(_timed(lambda: compiled(*args).block_until_ready()) for _ in range(3))
     results.append({'model': config.model.name, 'batch': batch, 'length': length,
                     'ddim_steps': ddim_steps, 'compile_s': compile_s, 'seconds': seconds,
-                    'flops': flops, 'mfu': flops / seconds / peak})
+                    'flops': flops, 'mfu': flops / seconds / peak,
+                    'onednn_dots': xla_cpu.forward_compiler_options() is not None})
   return results
 
 

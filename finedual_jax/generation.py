@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from finedual_jax import xla_cpu
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import decompose
 from finedual_jax.data import decompositions as decompositions_lib
@@ -107,7 +108,8 @@ def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: f
     guided = sampler_lib.guided_denoiser(denoise, w_overall, w_individual)
     return sampler_lib.ddim_sample(guided, schedule, noise * mask[:, :, None, None], ddim_steps)
 
-  return jax.jit(sample)
+  # On CPU the sampler's products run through oneDNN (forward only: see xla_cpu).
+  return jax.jit(sample, compiler_options=xla_cpu.forward_compiler_options())
 
 
 def encode_texts(artifacts: Artifacts, texts: Sequence[str], person1: Sequence[str],

@@ -1,0 +1,65 @@
+"""oneDNN for forward-only programs on XLA:CPU: the compiler options, that XLA takes them, that
+the products that crashed oneDNN's fused partitions compile, and that the sampler uses them and
+agrees with XLA's own kernels."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from finedual_jax import generation
+from finedual_jax import trainer
+from finedual_jax import xla_cpu
+
+
+def test_options_are_given_on_cpu_unless_turned_off(monkeypatch):
+  assert jax.default_backend() == 'cpu'
+  monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
+  assert xla_cpu.forward_compiler_options() == xla_cpu.ONEDNN_DOTS
+  monkeypatch.setenv(xla_cpu.OPT_OUT, '0')
+  assert xla_cpu.forward_compiler_options() is None
+
+
+def _products(x, w):
+  # (2 * x) @ w.T is what oneDNN's `dot` fusion type could not compile (the process died);
+  # the gradient and the per-head batched product are what the model runs.
+  q = x.reshape(4, 24, 32)
+  grad = jax.grad(lambda x: jnp.sum(jnp.tanh(x @ w.T) ** 2))(x)
+  return (2 * x) @ w.T, grad, jnp.einsum('bqd,bkd->bqk', q, q)
+
+
+def test_products_go_to_onednn_and_agree_with_xla_kernels(monkeypatch):
+  monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
+  x = jax.random.normal(jax.random.key(0), (96, 32))
+  w = jax.random.normal(jax.random.key(1), (64, 32))
+  onednn = jax.jit(_products, compiler_options=xla_cpu.forward_compiler_options())
+  default = jax.jit(_products)
+  assert '__onednn_fusion' in onednn.lower(x, w).compile().as_text()
+  assert '__onednn_fusion' not in default.lower(x, w).compile().as_text()
+  for got, want in zip(onednn(x, w), default(x, w), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_sampler_runs_on_onednn_and_samples_what_xla_samples(trained_run, monkeypatch):
+  config, workdir, _ = trained_run
+  _, model, state, artifacts, schedule = trainer.load_trained(workdir)
+  prompt = generation.Prompt.from_text('Two people bow to each other.')
+  kwargs = dict(length=20, max_len=config.data.max_len, max_text_len=config.data.max_text_len)
+  feature_dim = artifacts.representation.feature_dim
+  lowered_args = (state.ema_params, jnp.zeros((1, 20, 2, feature_dim)), jnp.ones((1, 20)),
+                  jnp.full((1, config.data.max_text_len), 5, jnp.int32),
+                  jnp.full((1, 2, config.data.max_text_len), 5, jnp.int32))
+
+  def sample(opt_out):
+    if opt_out:
+      monkeypatch.setenv(xla_cpu.OPT_OUT, '0')
+    else:
+      monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
+    fn = generation.make_sampler(model, schedule, w_overall=2.0, w_individual=1.0, ddim_steps=4)
+    hlo = fn.lower(*lowered_args).compile().as_text()
+    return '__onednn_fusion' in hlo, generation.generate(fn, state.ema_params, artifacts,
+                                                         [prompt], seed=3, **kwargs)
+
+  (on, onednn), (off, default) = sample(False), sample(True)
+  assert on and not off
+  np.testing.assert_allclose(onednn, default, rtol=1e-3, atol=1e-3)
