@@ -13,11 +13,13 @@ option is per program (``jax.jit(..., compiler_options=...)``), not a process-wi
 
 The fusion type must be ``individual_dot``: ``dot`` also pulls element-wise producers into the
 oneDNN call, and for some of them (``(2 * x) @ w.T``) oneDNN fails to compile the partition and
-the process dies (SIGILL). ``FINEDUAL_ONEDNN=0`` turns the option off.
+the process dies (SIGILL). ``FINEDUAL_ONEDNN=0`` turns the option off, and so does a JAX whose
+XLA does not know these (experimental) options: they are tried once on a tiny program first.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -33,4 +35,18 @@ def forward_compiler_options() -> dict[str, Any] | None:
 
   if os.environ.get(OPT_OUT, '1') == '0' or jax.default_backend() != 'cpu':
     return None
-  return dict(ONEDNN_DOTS)
+  return dict(ONEDNN_DOTS) if _xla_takes(tuple(ONEDNN_DOTS.items())) else None
+
+
+@functools.cache
+def _xla_takes(options: tuple[tuple[str, Any], ...]) -> bool:
+  """Whether this JAX's XLA:CPU compiles a small product with ``options``."""
+  import jax
+  import jax.numpy as jnp
+
+  x = jnp.ones((8, 8), jnp.float32)
+  try:
+    jax.jit(lambda a: a @ a.T, compiler_options=dict(options)).lower(x).compile()
+  except Exception:  # pylint: disable=broad-except  (an unknown option or value: XLA's error)
+    return False
+  return True

@@ -63,3 +63,9 @@ def test_the_sampler_runs_on_onednn_and_samples_what_xla_samples(trained_run, mo
   (on, onednn), (off, default) = sample(False), sample(True)
   assert on and not off
   np.testing.assert_allclose(onednn, default, rtol=1e-3, atol=1e-3)
+
+
+def test_options_this_xla_does_not_know_are_not_given(monkeypatch):
+  monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
+  monkeypatch.setattr(xla_cpu, 'ONEDNN_DOTS', {'xla_cpu_no_such_option': True})
+  assert xla_cpu.forward_compiler_options() is None
