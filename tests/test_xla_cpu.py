@@ -69,3 +69,17 @@ def test_options_this_xla_does_not_know_are_not_given(monkeypatch):
   monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
   monkeypatch.setattr(xla_cpu, 'ONEDNN_DOTS', {'xla_cpu_no_such_option': True})
   assert xla_cpu.forward_compiler_options() is None
+
+
+def test_a_persistent_compilation_cache_gets_programs_it_can_store(monkeypatch, tmp_path):
+  monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
+  compiles, storable = xla_cpu._probe(tuple(xla_cpu.ONEDNN_DOTS.items()))  # pylint: disable=protected-access
+  assert compiles
+  previous = jax.config.jax_compilation_cache_dir
+  try:
+    jax.config.update('jax_compilation_cache_dir', str(tmp_path))
+    with_cache = xla_cpu.forward_compiler_options()
+  finally:
+    jax.config.update('jax_compilation_cache_dir', previous)
+  assert with_cache == (xla_cpu.ONEDNN_DOTS if storable else None)
+  assert xla_cpu.forward_compiler_options() == xla_cpu.ONEDNN_DOTS  # The cache off again.
