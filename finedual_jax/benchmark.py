@@ -118,6 +118,7 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
       w_individual=config.diffusion.guidance_individual, ddim_steps=ddim_steps,
       compute_dtype=precision.compute_dtype(config.model))
   sample_fn = make_sampler()
+  onednn_dots = xla_cpu.forward_compiler_options() is not None  # What make_sampler compiled with.
   results = []
   for batch in batch_sizes:
     noise = jnp.zeros((batch, length, 2, artifacts.representation.feature_dim))
@@ -135,7 +136,7 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
     results.append({'model': config.model.name, 'batch': batch, 'length': length,
                     'ddim_steps': ddim_steps, 'compile_s': compile_s, 'seconds': seconds,
                     'flops': flops, 'mfu': flops / seconds / peak,
-                    'onednn_dots': xla_cpu.forward_compiler_options() is not None})
+                    'onednn_dots': onednn_dots})
   return results
 
 

@@ -1,10 +1,11 @@
 """oneDNN for the matrix products of forward-only programs (sampling) on XLA:CPU.
 
 By default XLA:CPU (JAX 0.10) hands each dot to YNNPACK, whose kernels run the products whose
-contraction or output is one 64-wide attention head slowly. On a 2-core AMD EPYC (Zen 4),
-[256 x 300 x 64] batched products ran at 86-94 GFLOP/s through YNNPACK and 140-180 GFLOP/s
-through oneDNN, a [9600 x 512] @ [512 x 2048] dense layer at ~195 against ~215 GFLOP/s. A guided
-DDIM-50 run at the ``bench`` size took 8-12% less time at batch 4 (FineDual, InterGen, in2IN;
+contraction or output is one 64-wide attention head slowly. On a 2-core AMD EPYC (Zen 4), the
+scores and weighted sums of 512 (example, head) pairs at T = 300 ([300 x 64] x [64 x 300] and
+[300 x 300] x [300 x 64]) ran at 86-94 GFLOP/s through YNNPACK and 140-180 GFLOP/s through
+oneDNN, a [9600 x 512] @ [512 x 2048] dense layer at ~195 against ~215 GFLOP/s. A guided DDIM-50
+run at the ``bench`` size took 8-12% less time at batch 4 (FineDual, InterGen, in2IN;
 at batch 1 InterGen and in2IN 6-10% less, FineDual 2% more).
 
 Training keeps XLA's default: its backward pass runs independent products (input and weight
