@@ -51,8 +51,24 @@ def init_params(model, config: ml_collections.ConfigDict, rng: jax.Array,
   shapes = batch_lib.spec(1, config.data.max_len, config.data.max_text_len, model.feature_dim,
                           text_features)
   dummy = {k: jnp.zeros(shape, dtype) for k, (shape, dtype) in shapes.items()}
-  return model.init(rng, dummy[batch_lib.MOTION], jnp.zeros((1,), jnp.int32),
-                    dummy[batch_lib.MASK], *batch_lib.text_inputs(dummy))['params']
+  # One compiled program: initialising op by op compiles hundreds of small ones (the tiny
+  # model: 17.6 s against 6.7 s).
+  return jax.jit(model.init)(rng, dummy[batch_lib.MOTION], jnp.zeros((1,), jnp.int32),
+                             dummy[batch_lib.MASK], *batch_lib.text_inputs(dummy))['params']
+
+
+def initial_state(model, config: ml_collections.ConfigDict, tx, mesh: jax.sharding.Mesh,
+                  text_features: tuple[int, int] | None = None) -> train_state_lib.TrainState:
+  """The run's state before its first step, from ``config.seed``: one compiled program, written
+  straight into its global form, replicated over ``mesh`` (``DataParallel.put`` gives the
+  backend's form)."""
+
+  def create(rng):
+    rng_init, rng_train = jax.random.split(rng)
+    return train_state_lib.create(init_params(model, config, rng_init, text_features), tx,
+                                  rng_train)
+
+  return jax.jit(create, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
 
 
 def loss_weights(config: ml_collections.ConfigDict,
@@ -123,15 +139,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   tx = make_optimizer(config)
   schedule = Schedule.cosine(config.diffusion.num_steps)
 
-  def initial_state(rng):
-    rng_init, rng_train = jax.random.split(rng)
-    return train_state_lib.create(
-        init_params(model, config, rng_init, artifacts.text_feature_shape), tx, rng_train)
-
-  # One compiled program (seconds) rather than thousands of small eager ones, written straight
-  # into the global form: replicated over the mesh (dp.put gives the backend's form).
-  state = jax.jit(initial_state, out_shardings=parallel.replicated(mesh))(
-      jax.random.key(config.seed))
+  state = initial_state(model, config, tx, mesh, artifacts.text_feature_shape)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=train.max_to_keep,
                                             keep_every=train.keep_every, training=True)

@@ -128,7 +128,6 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
   import jax  # Kept out of module import so pipeline measurements run without JAX loaded.
 
   from finedual_jax import parallel
-  from finedual_jax import train_state as train_state_lib
   from finedual_jax import trainer
   from finedual_jax.diffusion.schedule import Schedule
   from finedual_jax.models.factory import build_model
@@ -144,10 +143,8 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
                       feature_dim=artifacts.representation.feature_dim)
   tx = trainer.make_optimizer(config)
   schedule = Schedule.cosine(config.diffusion.num_steps)
-  rng_init, rng_train = jax.random.split(jax.random.key(config.seed))
-  state = train_state_lib.create(trainer.init_params(model, config, rng_init), tx, rng_train)
+  state = trainer.initial_state(model, config, tx, mesh, artifacts.text_feature_shape)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  state = parallel.replicate(state, mesh)
   step_fn = parallel.data_parallel(
       trainer.make_train_step(model, tx, schedule, config, artifacts.mean, artifacts.std), mesh)
 

@@ -186,9 +186,9 @@ def train_evaluator(config: ml_collections.ConfigDict, workdir: str | pathlib.Pa
 
   rng_init, rng_dropout = jax.random.split(jax.random.key(config.seed))
   length = config.data.max_len
-  params = model.init(rng_init, jnp.zeros((1, length, 2, config.model.feature_dim)),
-                      jnp.ones((1, length)),
-                      jnp.zeros((1, config.model.context_length), jnp.int32))['params']
+  params = jax.jit(model.init)(rng_init, jnp.zeros((1, length, 2, config.model.feature_dim)),
+                               jnp.ones((1, length)),
+                               jnp.zeros((1, config.model.context_length), jnp.int32))['params']
   state = EvaluatorState(jnp.zeros((), jnp.int32), params, tx.init(params), rng_dropout)
   num_params = sum(x.size for x in jax.tree.leaves(params))
   checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=config.train.max_to_keep,

@@ -24,7 +24,7 @@ def test_cast_keeps_integer_leaves_and_unknown_dtypes_are_named():
 def test_bfloat16_forward_tracks_float32_and_returns_float32():
   model = denoiser_tests._model('finedual')
   x, t, mask, text, persons = denoiser_tests._inputs()
-  params = model.init(jax.random.key(3), x, t, mask, text, persons)['params']
+  params = jax.jit(model.init)(jax.random.key(3), x, t, mask, text, persons)['params']
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape),
                         params)
   full, aux = precision.apply(model, params, x, t, mask, text, persons)
