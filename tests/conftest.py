@@ -26,3 +26,15 @@ def trained_run(tmp_path_factory):
   config = default.get_config('size=tiny')
   summary = trainer.train_and_evaluate(config, workdir)
   return config, workdir, summary
+
+
+@pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups (its hook, same name).
+def pytest_collection_modifyitems(items):
+  # `-n auto --dist loadgroup` (.ci/run) sends each group to one worker. A file's tests share
+  # its module fixtures and cached compiled steps, so each file is a group; the tests that use
+  # the session's trained run form one group, so the tiny config is trained once, not once per
+  # worker.
+  for item in items:
+    uses_run = 'trained_run' in getattr(item, 'fixturenames', ())
+    group = 'trained_run' if uses_run else item.nodeid.split('::')[0]
+    item.add_marker(pytest.mark.xdist_group(group))
