@@ -43,7 +43,8 @@ def _setup(num_devices, backend='shard_map', grad_accum_steps=1, nce=True,
                                   weight_decay=1e-4, clip_norm=1.0)
   b = _batches(1)[0]
   params = jax.jit(model.init)(jax.random.key(0), b['motion'][:1], jnp.zeros((1,), jnp.int32),
-                      b['mask'][:1], b['text_tokens'][:1], b['person_tokens'][:1])['params']
+                               b['mask'][:1], b['text_tokens'][:1], b['person_tokens'][:1]
+                               )['params']
   state = train_state.create(params, tx, jax.random.key(1))
   # On the host, the key as raw data: the steps donate (delete) the device arrays they get.
   state = jax.device_get(state.replace(rng=jax.random.key_data(state.rng)))
