@@ -84,6 +84,8 @@ def local_batch_size(global_batch: int, mesh: jax.sharding.Mesh, grad_accum_step
 def to_device(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   """The one host -> device function: this process's rows become one global batch-sharded array."""
   sharding = batch_sharding(mesh)
+  if sharding.is_fully_addressable:  # One process: one transfer call (~0.1 ms less per batch).
+    return jax.device_put({k: np.asarray(v) for k, v in batch.items()}, sharding)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
 

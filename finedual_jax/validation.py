@@ -56,15 +56,14 @@ class Validator:
 
   def _batches(self):
     """This process's rows of each validation batch (host arrays)."""
-    make = pipeline.MakeExample(self.artifacts, max_len=self.config.data.max_len,
-                                max_text_len=self.config.data.max_text_len, train=False)
+    make = pipeline.MakeBatch(self.artifacts, max_len=self.config.data.max_len,
+                              max_text_len=self.config.data.max_text_len, train=False)
     local = self.global_batch // self.process_count
-    rng = np.random.default_rng(0)  # Unused without augmentation; MakeExample's signature.
+    rng = np.random.default_rng(0)  # Unused without augmentation; MakeBatch's signature.
     for b in range(self.config.train.eval_batches):
       first = b * self.global_batch + self.process_index * local
       indices = np.arange(first, first + local)
-      examples = [make.random_map(self.source[int(i % len(self.source))], rng) for i in indices]
-      batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+      batch = make.random_map([self.source[int(i % len(self.source))] for i in indices], rng)
       batch[train_step_lib.EVAL_INDEX] = indices.astype(np.int32)
       yield batch
 

@@ -25,11 +25,25 @@ POSITION_TERMS = ('velocity', 'bone_length', 'foot_contact', 'distance_map', 'jo
                   'relative_orientation', 'distance_regression')
 
 
+def split_positions_motion(motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Stored [..., T, 2, 192] -> positions [..., 2, T, 22, 3] and 6D rotations [..., 2, T, 21, 6]."""
+  motion = np.swapaxes(np.asarray(motion), -3, -2)  # [..., 2, T, 192]
+  lead = motion.shape[:-1]
+  # Positions in float64 (canonicalisation subtracts metres-scale offsets); the rotations are
+  # only copied into the features, so they keep the stored precision.
+  return (motion[..., :66].astype(np.float64).reshape(*lead, 22, 3),
+          motion[..., 66:].reshape(*lead, 21, 6))
+
+
 def _positions_pair_features(motion: np.ndarray) -> np.ndarray:
-  motion = np.asarray(motion, np.float64).transpose(1, 0, 2)  # [2, T, 192]
-  num_frames = motion.shape[1]
-  return features_lib.canonical_pair_features(motion[..., :66].reshape(2, num_frames, 22, 3),
-                                              motion[..., 66:].reshape(2, num_frames, 21, 6))
+  return features_lib.canonical_pair_features(*split_positions_motion(motion))
+
+
+def _rotations_pair_features(motion: np.ndarray) -> np.ndarray:
+  motion = np.asarray(motion)
+  if motion.ndim == 4:  # A batch of clips: canonicalised one by one.
+    return np.stack([rotation_features.rotation_pair_features(clip) for clip in motion])
+  return rotation_features.rotation_pair_features(motion)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +53,8 @@ class Representation:
   stored_dim: int
   feature_dim: int
   exact_positions: bool  # False: positions are for drawing only, position losses are off.
-  pair_features: Callable[[np.ndarray], np.ndarray]  # [T, 2, stored] -> [2, T-1, features]
+  # [T, 2, stored] -> [2, T-1, features]; also [B, T, 2, stored] -> [B, 2, T-1, features].
+  pair_features: Callable[[np.ndarray], np.ndarray]
   positions: Callable[[np.ndarray], np.ndarray]      # [..., features] -> [..., 22, 3]
 
   def check_features(self, features: np.ndarray, where: str) -> None:
@@ -52,7 +67,7 @@ POSITIONS = Representation('positions', features_lib.USED_DIM, features_lib.FEAT
                            _positions_pair_features, features_lib.feature_positions)
 ROTATIONS = Representation('rotations', rotation_features.STORED_DIM,
                            rotation_features.FEATURE_DIM, False,
-                           rotation_features.rotation_pair_features,
+                           _rotations_pair_features,
                            rotation_features.approximate_positions)
 ALL = (POSITIONS, ROTATIONS)
 

@@ -8,7 +8,6 @@ person 1's canonical frame: person 1's root at the origin at frame 0, facing +z,
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -58,14 +57,12 @@ def mirror_used(positions: np.ndarray, rotations: np.ndarray) -> tuple[np.ndarra
   return positions, rotations
 
 
-def _facing_rotation(positions0: np.ndarray) -> np.ndarray:
-  """[22, 3] joints at one frame -> [3, 3] rotation about y that turns the body to face +z."""
-  across = positions0[skeleton.RIGHT_HIP] - positions0[skeleton.LEFT_HIP]
-  # forward = up x across = (across_z, 0, -across_x), written out: np.cross on one 3-vector
-  # costs ~50 µs, a quarter of building a small training example.
-  angle = -math.atan2(float(across[2]), 0.0 - float(across[0]))
-  c, s = math.cos(angle), math.sin(angle)
-  return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+def _facing_angle(positions0: np.ndarray) -> np.ndarray:
+  """[..., 66] joints at one frame -> [...] angle about y that turns the body to face +z."""
+  across = (positions0[..., 3 * skeleton.RIGHT_HIP:3 * skeleton.RIGHT_HIP + 3]
+            - positions0[..., 3 * skeleton.LEFT_HIP:3 * skeleton.LEFT_HIP + 3])
+  # forward = up x across = (across_z, 0, -across_x), written out (np.cross is slow on 3-vectors).
+  return -np.arctan2(across[..., 2], 0.0 - across[..., 0])
 
 
 _FOOT_COLUMNS = (3 * np.asarray(skeleton.FOOT_JOINTS)[:, None] + np.arange(3)).ravel()
@@ -81,42 +78,46 @@ def foot_contacts(positions: np.ndarray) -> np.ndarray:
 
 
 def canonical_pair_features(positions: np.ndarray, rotations: np.ndarray) -> np.ndarray:
-  """Two persons' y-up world motion -> ``[2, T-1, 262]`` float32 features in person 1's frame.
+  """Two persons' y-up world motion -> ``[..., 2, T-1, 262]`` float32 features in person 1's frame.
 
   Args:
-    positions: [2, T, 22, 3] body joint positions, y-up, metres.
-    rotations: [2, T, 21, 6] local 6D rotations (left untouched by canonicalisation).
+    positions: [..., 2, T, 22, 3] body joint positions, y-up, metres; leading axes are
+      independent clips (the input pipeline computes a batch in one call).
+    rotations: [..., 2, T, 21, 6] local 6D rotations (left untouched by canonicalisation).
   """
   positions = np.asarray(positions, dtype=np.float64)
-  if positions.ndim != 4 or positions.shape[0] != 2 or positions.shape[2:] != (22, 3):
-    raise ValueError(f'positions: expected shape [2, T, 22, 3], found {positions.shape}.')
+  if positions.ndim < 4 or positions.shape[-4] != 2 or positions.shape[-2:] != (22, 3):
+    raise ValueError(f'positions: expected shape [..., 2, T, 22, 3], found {positions.shape}.')
   rotations = np.asarray(rotations)
-  if rotations.shape != positions.shape[:2] + (21, 6):
-    raise ValueError(f'rotations: expected shape [2, T, 21, 6] with T={positions.shape[1]} as in '
-                     f'positions, found {rotations.shape}.')
-  if positions.shape[1] < 2:
-    raise ValueError(f'positions: need at least 2 frames for velocities, found {positions.shape[1]}.')
-  num_frames = positions.shape[1]
+  if rotations.shape != positions.shape[:-2] + (21, 6):
+    raise ValueError(f'rotations: expected shape [..., 2, T, 21, 6] with [..., 2, T] = '
+                     f'{list(positions.shape[:-2])} as in positions, found {rotations.shape}.')
+  *lead, _, num_frames = positions.shape[:-2]
+  if num_frames < 2:
+    raise ValueError(f'positions: need at least 2 frames for velocities, found {num_frames}.')
   # Each person stands on its own floor, then both move rigidly with person 1's frame-0 pose.
-  # The arithmetic runs on per-axis column views of [2, T, 66]: numpy is several times slower
-  # on broadcasts over 3-wide inner axes, and this runs per example in the input pipeline.
-  flat = positions.reshape(2, num_frames, 66)
-  x, y, z = flat[..., 0::3], flat[..., 1::3], flat[..., 2::3]  # [2, T, 22] each
-  facing = _facing_rotation(positions[0, 0])  # About y: the floor shift cannot change it.
-  cos, sin = facing[0, 0], facing[0, 2]
-  dx, dz = x - flat[0, 0, 0], z - flat[0, 0, 2]  # Person 1's frame-0 root xz to the origin.
+  # The arithmetic runs on per-axis column views of [..., 2, T, 66]: numpy is several times
+  # slower on broadcasts over 3-wide inner axes, and this runs in the input pipeline.
+  flat = positions.reshape(*lead, 2, num_frames, 66)
+  x, y, z = flat[..., 0::3], flat[..., 1::3], flat[..., 2::3]  # [..., 2, T, 22] each
+  first = flat[..., 0, 0, :]  # Person 1 at frame 0: [..., 66].
+  angle = _facing_angle(first)[..., None, None, None]  # About y: the floor shift cannot change it.
+  cos, sin = np.cos(angle), np.sin(angle)
+  # Person 1's frame-0 root xz to the origin.
+  dx, dz = x - first[..., 0, None, None, None], z - first[..., 2, None, None, None]
   canonical = np.empty_like(flat)
   canonical[..., 0::3] = cos * dx + sin * dz
-  canonical[..., 1::3] = y - y.min(axis=(1, 2))[:, None, None]
+  canonical[..., 1::3] = y - y.min(axis=(-2, -1), keepdims=True)
   canonical[..., 2::3] = cos * dz - sin * dx
-  velocities = canonical[:, 1:] - canonical[:, :-1]
+  velocities = canonical[..., 1:, :] - canonical[..., :-1, :]
   rows = num_frames - 1
-  out = np.empty((2, rows, FEATURE_DIM), np.float32)
-  out[..., POSITIONS] = canonical[:, :-1]
+  out = np.empty((*lead, 2, rows, FEATURE_DIM), np.float32)
+  out[..., POSITIONS] = canonical[..., :-1, :]
   out[..., VELOCITIES] = velocities
-  out[..., ROTATIONS] = rotations[:, :-1].reshape(2, rows, 126)
-  feet_speed_sq = np.square(velocities[..., _FOOT_COLUMNS]).reshape(2, rows, 4, 3).sum(axis=-1)
-  feet_low = canonical[:, :-1, _FOOT_HEIGHT_COLUMNS] < CONTACT_HEIGHTS
+  out[..., ROTATIONS] = rotations[..., :-1, :, :].reshape(*lead, 2, rows, 126)
+  feet_speed_sq = np.square(velocities[..., _FOOT_COLUMNS]).reshape(
+      *lead, 2, rows, 4, 3).sum(axis=-1)
+  feet_low = canonical[..., :-1, _FOOT_HEIGHT_COLUMNS] < CONTACT_HEIGHTS
   out[..., CONTACTS] = (feet_speed_sq < CONTACT_VELOCITY_SQ) & feet_low
   return out
 

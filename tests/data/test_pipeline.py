@@ -16,6 +16,7 @@ import pytest
 from data_pipelines import prepare
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import pipeline
+from finedual_jax.data import representation
 from finedual_jax.motion import features as features_lib
 
 _BATCH = 4
@@ -118,7 +119,7 @@ def test_eval_mode_is_deterministic_caption_zero_and_no_crop_offset(dataset_dir,
   assert max(source[i]['num_frames'] for i in range(2)) > _MAX_LEN + 1  # One clip is cut.
   for i in range(2):
     element = source[i]
-    positions, rotations = pipeline.split_motion(element['motion'])
+    positions, rotations = representation.split_positions_motion(element['motion'])
     window = slice(0, _MAX_LEN + 1)
     np.testing.assert_allclose(batch[batch_lib.MOTION][i],
                                _expected_motion(artifacts, positions[:, window], rotations[:, window]),
@@ -144,10 +145,15 @@ def one_caption_element(train_source):
   raise AssertionError('no clip short enough')
 
 
+def _make_batch(artifacts, elements, before, after, seed=0, train=True):
+  transform = pipeline.MakeBatch(artifacts, max_len=_MAX_LEN, max_text_len=_TEXT_LEN,
+                                 train=train, swap_before_p=before, swap_after_p=after)
+  return transform.random_map(elements, np.random.default_rng(seed))
+
+
 def _make(artifacts, element, before, after, seed=0):
-  transform = pipeline.MakeExample(artifacts, max_len=_MAX_LEN, max_text_len=_TEXT_LEN, train=True,
-                                   swap_before_p=before, swap_after_p=after)
-  return transform.random_map(element, np.random.default_rng(seed))
+  """One example: a batch of one, without the batch axis."""
+  return {k: v[0] for k, v in _make_batch(artifacts, [element], before, after, seed).items()}
 
 
 def _decoded_persons(artifacts, example):
@@ -155,7 +161,7 @@ def _decoded_persons(artifacts, example):
 
 
 def test_no_swap_gives_the_canonical_features(artifacts, one_caption_element):
-  positions, rotations = pipeline.split_motion(one_caption_element['motion'])
+  positions, rotations = representation.split_positions_motion(one_caption_element['motion'])
   example = _make(artifacts, one_caption_element, 0.0, 0.0)
   np.testing.assert_allclose(example[batch_lib.MOTION],
                              _expected_motion(artifacts, positions, rotations), atol=1e-4)
@@ -164,7 +170,7 @@ def test_no_swap_gives_the_canonical_features(artifacts, one_caption_element):
 
 
 def test_swap_before_canonicalises_in_the_new_person1_frame(artifacts, one_caption_element):
-  positions, rotations = pipeline.split_motion(one_caption_element['motion'])
+  positions, rotations = representation.split_positions_motion(one_caption_element['motion'])
   plain = _make(artifacts, one_caption_element, 0.0, 0.0)
   example = _make(artifacts, one_caption_element, 1.0, 0.0)
   np.testing.assert_allclose(example[batch_lib.MOTION],
@@ -176,7 +182,7 @@ def test_swap_before_canonicalises_in_the_new_person1_frame(artifacts, one_capti
 
 
 def test_swap_after_flips_the_person_axis_of_unswapped_features(artifacts, one_caption_element):
-  positions, rotations = pipeline.split_motion(one_caption_element['motion'])
+  positions, rotations = representation.split_positions_motion(one_caption_element['motion'])
   plain = _make(artifacts, one_caption_element, 0.0, 0.0)
   example = _make(artifacts, one_caption_element, 0.0, 1.0)
   np.testing.assert_allclose(example[batch_lib.MOTION],
@@ -189,7 +195,7 @@ def test_swap_after_flips_the_person_axis_of_unswapped_features(artifacts, one_c
 
 def test_swapping_before_and_after_puts_person1_back_first_in_person2_frame(
     artifacts, one_caption_element):
-  positions, rotations = pipeline.split_motion(one_caption_element['motion'])
+  positions, rotations = representation.split_positions_motion(one_caption_element['motion'])
   plain = _make(artifacts, one_caption_element, 0.0, 0.0)
   both = _make(artifacts, one_caption_element, 1.0, 1.0)
   expected = _expected_motion(artifacts, positions[::-1], rotations[::-1])[:, ::-1]
@@ -205,7 +211,7 @@ def test_training_crop_has_max_len_rows_at_a_frame_aligned_start(artifacts, trai
   num_frames = motion.shape[0]
   motion[:, 1, 0:66:3] += 1e-4 * np.arange(num_frames, dtype=np.float32)[:, None] ** 2
   element['motion'] = motion
-  positions, rotations = pipeline.split_motion(motion)
+  positions, rotations = representation.split_positions_motion(motion)
   assert num_frames > _MAX_LEN + 1
   starts = set()
   for seed in range(4):
@@ -219,6 +225,52 @@ def test_training_crop_has_max_len_rows_at_a_frame_aligned_start(artifacts, trai
     assert len(matches) == 1, matches
     starts.add(matches[0])
   assert len(starts) > 1  # The start is random.
+
+
+def _short_one_caption_elements(train_source, count):
+  """``count`` clips of different lengths that fit in max_len rows, first caption only."""
+  elements, lengths = [], set()
+  for i in range(len(train_source)):
+    element = dict(train_source[i])
+    if element['num_frames'] - 1 <= _MAX_LEN and element['num_frames'] not in lengths:
+      lengths.add(element['num_frames'])
+      for key in ('captions', 'person1_texts', 'person2_texts'):
+        element[key] = [element[key][0]]
+      elements.append(element)
+  assert len(elements) >= count, lengths
+  return elements[:count]
+
+
+@pytest.mark.parametrize('before, after', [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)])
+def test_a_batch_holds_each_clip_as_if_it_were_built_alone(artifacts, train_source, before,
+                                                            after):
+  # MakeBatch pads shorter clips by repeating their last frame to compute the batch's features
+  # in one call: no real row may change, and every padded row must be zero.
+  elements = _short_one_caption_elements(train_source, 3)
+  batch = _make_batch(artifacts, elements, before, after)
+  rows = [e['num_frames'] - 1 for e in elements]
+  np.testing.assert_array_equal(batch[batch_lib.MASK].sum(axis=1), rows)
+  for i, element in enumerate(elements):
+    alone = _make(artifacts, element, before, after)
+    for key in alone:
+      np.testing.assert_array_equal(batch[key][i], alone[key], err_msg=key)
+  assert np.all(batch[batch_lib.MOTION][batch[batch_lib.MASK] == 0] == 0)
+
+
+def test_an_eval_batch_of_cropped_and_padded_clips_matches_the_clips_alone(artifacts,
+                                                                           train_source):
+  lengths = [train_source[i]['num_frames'] for i in range(len(train_source))]
+  elements = [train_source[int(np.argmax(lengths))], train_source[int(np.argmin(lengths))]]
+  batch = _make_batch(artifacts, elements, 0.5, 0.5, train=False)
+  for i, element in enumerate(elements):
+    alone = _make_batch(artifacts, [element], 0.5, 0.5, train=False)
+    for key in alone:
+      np.testing.assert_array_equal(batch[key][i], alone[key][0], err_msg=key)
+  positions, rotations = representation.split_positions_motion(elements[0]['motion'])
+  window = slice(0, _MAX_LEN + 1)  # Eval mode: the first max_len + 1 frames.
+  np.testing.assert_allclose(batch[batch_lib.MOTION][0],
+                             _expected_motion(artifacts, positions[:, window], rotations[:, window]),
+                             atol=1e-4)
 
 
 # --- Errors ---------------------------------------------------------------------------------
@@ -330,11 +382,14 @@ def test_iterator_state_restores_the_exact_continuation(dataset_dir, artifacts):
   _assert_same_batches(_take(restored, 4), expected)
 
 
-def test_worker_processes_are_deterministic_and_their_state_restores(dataset_dir, artifacts):
-  # Each grain worker batches its own stride of records, so batches depend on the worker
-  # count (not on timing): a run must resume with the worker count it was started with.
-  # in_memory does not apply to workers (they read the files): the same batches either way.
-  expected = _take(_loader(dataset_dir, artifacts, seed=2, worker_count=2, in_memory=True), 5)
+def test_worker_processes_give_the_same_batches_and_their_state_restores(dataset_dir,
+                                                                        artifacts):
+  # grain's elements are whole batches, so worker processes build the batches the main process
+  # would (grain still ties a saved state to its worker count). in_memory does not apply to
+  # workers (they read the files): the same batches either way.
+  expected = _take(_loader(dataset_dir, artifacts, seed=2), 5)
+  _assert_same_batches(
+      _take(_loader(dataset_dir, artifacts, seed=2, worker_count=2, in_memory=True), 5), expected)
   iterator = iter(_loader(dataset_dir, artifacts, seed=2, worker_count=2))
   _assert_same_batches(_take(iterator, 2), expected[:2])
   state = iterator.get_state()
@@ -408,8 +463,10 @@ def test_process_shards_are_disjoint_and_cover_the_records(dataset_dir, artifact
 # --- The sampler ---------------------------------------------------------------------------
 
 def _keys(sampler, shard_index, shard_count, count):
-  """Record keys of one process's first ``count`` elements, indexed as grain's loader does."""
-  return [sampler[i * shard_count + shard_index].record_key for i in range(count)]
+  """Record keys of one process's first ``count`` batches of one, indexed as grain's loader
+  does."""
+  return [int(k) for i in range(count)
+          for k in sampler.record_keys(i * shard_count + shard_index)]
 
 
 def test_sampler_epochs_are_fresh_permutations_of_each_processs_contiguous_shard():
@@ -433,19 +490,39 @@ def test_sampler_epochs_are_fresh_permutations_of_each_processs_contiguous_shard
 def test_sampler_is_deterministic_in_any_reading_order_and_shuffle_off_keeps_file_order():
   def sampler(seed, shuffle=True):
     return pipeline.EpochShuffleSampler(50, shuffle=shuffle, num_epochs=None, seed=seed)
-  forward = [(m.record_key, m.rng.integers(1 << 30)) for m in map(sampler(9).__getitem__,
-                                                                    range(150))]
+  def read(sampler, index):
+    return int(sampler.record_keys(index)[0]), sampler[index].rng.integers(1 << 30)
+  forward = [read(sampler(9), i) for i in range(150)]
   backward = sampler(9)  # A restored reader starts mid-way; its orders must be the same.
-  assert [(m.record_key, m.rng.integers(1 << 30)) for m in
-          (backward[i] for i in reversed(range(150)))] == forward[::-1]
+  assert [read(backward, i) for i in reversed(range(150))] == forward[::-1]
   assert [k for k, _ in forward] != _keys(sampler(10), 0, 1, 150)
   assert _keys(sampler(9, shuffle=False), 0, 1, 120) == [i % 50 for i in range(120)]
   assert len(sampler(9)) == sys.maxsize
   assert repr(sampler(9)) == repr(sampler(9)) != repr(sampler(10))
 
 
+def test_sampler_batches_are_consecutive_runs_of_the_shards_record_stream():
+  # 11 records per shard, batches of 4: a batch may end one epoch and start the next.
+  num_records, batch_size, shard_count = 23, 4, 2
+  for shard_index in range(shard_count):
+    def sampler(size, num_epochs=None):
+      return pipeline.EpochShuffleSampler(num_records, batch_size=size, shard_index=shard_index,
+                                          shard_count=shard_count, shuffle=True,
+                                          num_epochs=num_epochs, seed=7)
+    stream = _keys(sampler(1), shard_index, shard_count, 44)
+    batched = _keys(sampler(batch_size), shard_index, shard_count, 11)
+    assert batched == stream
+    assert sorted(stream[:11]) == sorted(stream[11:22]) == list(
+        range(11 * shard_index, 11 * shard_index + 11))
+    assert stream[:11] != stream[11:22]
+    assert len(sampler(batch_size, num_epochs=3)) == 33 // batch_size * shard_count  # 8 whole.
+  assert repr(sampler(4)) != repr(sampler(2))  # A resumed run checks its batch size.
+
+
 @pytest.mark.parametrize('kwargs, message', [
-    ({'num_records': 2, 'shard_count': 3}, 'at least one record per shard'),
+    ({'num_records': 2, 'shard_count': 3}, 'at least one batch per shard'),
+    ({'num_records': 5, 'batch_size': 3, 'shard_count': 2}, 'at least one batch per shard'),
+    ({'batch_size': 0}, 'batch_size >= 1'),
     ({'num_epochs': 0}, 'num_epochs >= 1'),
     ({'shard_index': 3, 'shard_count': 3}, r'shard_index must be in \[0, 3\)'),
     ({'seed': -1}, r'seed must be in \[0, 2\*\*32\)'),

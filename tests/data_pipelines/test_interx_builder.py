@@ -15,6 +15,7 @@ import pytest
 from data_pipelines import interx
 from finedual_jax.data import decompose
 from finedual_jax.data import pipeline
+from finedual_jax.data import representation
 from finedual_jax.motion import features as features_lib
 from finedual_jax.motion import rotation_features
 from finedual_jax.motion import skeleton
@@ -139,7 +140,7 @@ def test_positions_config_is_smplx_forward_kinematics(built):
         stored = rotation_features.interx_rows_to_stored(rows)
         np.testing.assert_allclose(motion[:, p, 66:], stored[:, 9:], atol=1e-6)
       # The InterHuman features (and thus every position loss) apply.
-      feats = features_lib.canonical_pair_features(*pipeline.split_motion(motion))
+      feats = features_lib.canonical_pair_features(*representation.split_positions_motion(motion))
       assert feats.shape == (2, clip.shape[0] - 1, features_lib.FEATURE_DIM)
 
 

@@ -307,3 +307,17 @@ def test_canonical_rejects_bad_rotation_shapes():
   positions[:, :, skeleton.LEFT_HIP, 0] = 0.1  # A well-defined facing direction.
   with pytest.raises(ValueError, match='rotations'):
     features.canonical_pair_features(positions, np.zeros((2, 6, 21, 6)))
+
+
+def test_a_batch_of_clips_gives_each_clips_features_exactly(pair):
+  # The input pipeline computes a batch in one call; each clip must come out as if alone.
+  clips = [features.raw_to_used(pair['raw1']), features.raw_to_used(pair['raw2'])]
+  positions = np.stack([np.stack([clips[0][0], clips[1][0]]), np.stack([clips[1][0], clips[0][0]])])
+  rots = np.stack([np.stack([clips[0][1], clips[1][1]]), np.stack([clips[1][1], clips[0][1]])])
+  batch = features.canonical_pair_features(positions, rots)
+  assert batch.shape == (2, 2, pair['num_frames'] - 1, features.FEATURE_DIM)
+  for i in range(2):
+    np.testing.assert_array_equal(batch[i], features.canonical_pair_features(positions[i], rots[i]))
+  np.testing.assert_array_equal(batch[0], pair['feats'])
+  np.testing.assert_array_equal(features.canonical_pair_features(positions[None], rots[None])[0],
+                                batch)
