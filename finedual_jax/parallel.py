@@ -81,13 +81,23 @@ def local_batch_size(global_batch: int, mesh: jax.sharding.Mesh, grad_accum_step
   return global_batch // jax.process_count()
 
 
-def to_device(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
-  """The one host -> device function: this process's rows become one global batch-sharded array."""
+def to_device(batch: Mapping[str, np.ndarray],
+              mesh: jax.sharding.Mesh) -> dict[str, jax.Array | np.ndarray]:
+  """The one host -> device function: this process's rows become one global batch-sharded array.
+
+  A mesh of CPU devices in one process gets the host arrays back as they are: a CPU device's
+  memory is host memory, so there is no transfer to overlap with the running step, and the
+  compiled step places NumPy arguments itself in its C++ dispatch. A batch of a tiny model
+  (four arrays) then costs ~0.06 ms of host time against ~0.25 ms through ``device_put``, time
+  that on a CPU is taken from the step that is running.
+  """
+  arrays = {k: np.asarray(v) for k, v in batch.items()}
   sharding = batch_sharding(mesh)
-  if sharding.is_fully_addressable:  # One process: one transfer call (~0.1 ms less per batch).
-    return jax.device_put({k: np.asarray(v) for k, v in batch.items()}, sharding)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  if sharding.is_fully_addressable:
+    if all(device.platform == 'cpu' for device in mesh.devices.flat):
+      return arrays
+    return jax.device_put(arrays, sharding)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in arrays.items()}
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:

@@ -243,24 +243,22 @@ class MakeBatch(grain.transforms.RandomMap):
     first = records[0]['motion']
     motion = np.empty((n, frames) + first.shape[1:], first.dtype)  # [n, frames, 2, stored]
     texts = []
-    for i, record in enumerate(records):
-      clip = record['motion'][starts[i]:starts[i] + windows[i]]
-      motion[i, :windows[i]] = clip[:, ::-1] if swap_before[i] else clip
-      motion[i, windows[i]:] = motion[i, windows[i] - 1]
-      c = choices[i]
+    for i, (record, start, window, c) in enumerate(zip(records, starts.tolist(),
+                                                        windows.tolist(), choices.tolist())):
+      clip = record['motion'][start:start + window]
+      motion[i, :window] = clip[:, ::-1] if swap_before[i] else clip
+      motion[i, window:] = motion[i, window - 1]
       persons = [_text(record['person1_texts'][c]), _text(record['person2_texts'][c])]
       texts += [_text(record['captions'][c])] + (
           persons[::-1] if swap_before[i] != swap_after[i] else persons)
     feats = self.artifacts.representation.pair_features(motion)  # [n, 2, frames - 1, F]
-    feats -= self.artifacts.mean  # Normalised in place, in the layout computed.
-    feats /= self.artifacts.std
-    rows = windows - 1
-    for i, count in enumerate(rows):
-      feats[i, :, count:] = 0.0  # The rows of the repeated last frame.
-    mask = (np.arange(self.max_len) < rows[:, None]).astype(np.float32)
     out = np.zeros((n, self.max_len, 2, feats.shape[-1]), np.float32)
-    persons = np.where(swap_after[:, None], [1, 0], [0, 1])
-    out[:, :frames - 1] = feats[np.arange(n)[:, None], persons].transpose(0, 2, 1, 3)
+    rows = (windows - 1).tolist()
+    for i, count in enumerate(rows):  # Rows past count come from the repeated last frame.
+      clip = feats[i, ::-1, :count] if swap_after[i] else feats[i, :, :count]
+      np.subtract(clip.transpose(1, 0, 2), self.artifacts.mean, out=out[i, :count])
+    np.divide(out[:, :frames - 1], self.artifacts.std, out=out[:, :frames - 1])
+    mask = (np.arange(self.max_len) < np.array(rows)[:, None]).astype(np.float32)
     tokens = self._encode(texts).reshape(n, 3, self.max_text_len)
     batch = {batch_lib.MOTION: out, batch_lib.MASK: mask,
              batch_lib.TEXT_TOKENS: tokens[:, 0], batch_lib.PERSON_TOKENS: tokens[:, 1:]}
