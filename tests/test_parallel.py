@@ -171,3 +171,23 @@ def test_mesh_rejects_too_many_devices():
     parallel.make_mesh(jax.device_count() + 1)
   with pytest.raises(ValueError, match='backend'):
     parallel.DataParallel(parallel.make_mesh(1), 'pjit')
+
+
+def test_cpu_meshes_take_host_batches_and_the_step_places_their_rows():
+  # On CPU devices to_device hands the host arrays over; the compiled step must then give each
+  # device its own rows, exactly as with arrays placed by device_put.
+  mesh = parallel.make_mesh(8)
+  batch = _batches(1)[0]
+  host = parallel.to_device(batch, mesh)
+  assert all(isinstance(v, np.ndarray) for v in host.values())
+
+  def per_device(state, b):  # Weighs each device's rows by its index: misplaced rows show.
+    weight = jax.lax.axis_index(parallel.DATA_AXIS) + 1.0
+    return state, {'sum': jax.lax.psum(weight * jnp.sum(b['mask']), parallel.DATA_AXIS)}
+
+  step = parallel.data_parallel(per_device, mesh)
+  placed = jax.device_put(host, parallel.batch_sharding(mesh))
+  expected = sum((d + 1) * batch['mask'][d].sum() for d in range(GLOBAL_BATCH))
+  for given in (host, placed):
+    _, metrics = step(jnp.zeros(()), given)
+    np.testing.assert_allclose(float(metrics['sum']), expected, rtol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from finedual_jax.data import representation
 from finedual_jax.motion import rotation_features as rf
 from finedual_jax.motion import rotations
 from finedual_jax.motion import skeleton
@@ -151,3 +152,11 @@ def test_bad_shapes():
     rf.rotation_pair_features(np.zeros((1, 2, 135)))
   with pytest.raises(ValueError, match='138'):
     rf.approximate_positions(np.zeros((2, 137)))
+
+
+def test_the_representation_takes_a_batch_of_clips():
+  clips = np.stack([_pair(seed, num_frames=7) for seed in range(3)])
+  batch = representation.ROTATIONS.pair_features(clips)
+  assert batch.shape == (3, 2, 6, rf.FEATURE_DIM)
+  for clip, features in zip(clips, batch):
+    np.testing.assert_array_equal(features, rf.rotation_pair_features(clip))
