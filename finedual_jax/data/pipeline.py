@@ -342,13 +342,14 @@ class EpochShuffleSampler:
   def record_keys(self, index: int) -> np.ndarray:
     """The records of element ``index``: [batch_size] keys into the split."""
     self._check(index)
-    first = index // self._shard_count * self._batch_size
-    epochs, positions = np.divmod(np.arange(first, first + self._batch_size), self._per_shard)
-    if self._shuffle:  # A batch spans at most two epochs (a shard holds at least one batch).
-      for epoch in np.unique(epochs):
-        at = epochs == epoch
-        positions[at] = self._order(int(epoch))[positions[at]]
-    return self._first + positions
+    epoch, start = divmod(index // self._shard_count * self._batch_size, self._per_shard)
+    parts, size = [], self._batch_size
+    while size:  # A batch spans at most two epochs (a shard holds at least one batch).
+      stop = min(start + size, self._per_shard)
+      parts.append(self._order(epoch)[start:stop] if self._shuffle else np.arange(start, stop))
+      size -= stop - start
+      epoch, start = epoch + 1, 0
+    return self._first + (parts[0] if len(parts) == 1 else np.concatenate(parts))
 
   def __getitem__(self, index: int) -> grain.RecordMetadata:
     self._check(index)  # The source reads the records of record_keys(index).
