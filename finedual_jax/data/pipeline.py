@@ -199,11 +199,11 @@ class MakeBatch(grain.transforms.RandomMap):
   Per clip (DESIGN §1.2): crop to at most ``max_len + 1`` frames at a random start, pick a
   caption, optionally swap the persons (with their texts) before canonicalisation, and again
   after; then normalise, pad to ``max_len`` rows with a mask and tokenise the three texts.
-  The features of the whole batch are one vectorised call: clips shorter than the longest
-  window are padded by repeating their last frame, which leaves every real row unchanged
-  (rows look one frame ahead, and the floor is the minimum over frames), and the padded rows
-  are then zeroed. Per clip this replaces work that grain did per element, which on two cores
-  was the main cost of a small model's input pipeline.
+  grain sees one element per batch: its per-element work was most of a small model's input
+  pipeline on two cores. The features are computed for several clips per vectorised call
+  (``_FRAMES_PER_CALL``): clips shorter than the longest of their call are padded by repeating
+  their last frame, which leaves every real row unchanged (rows look one frame ahead, and the
+  floor is the minimum over frames), and only the real rows are kept.
   """
 
   def __init__(self, artifacts: Artifacts, *, max_len: int, max_text_len: int, train: bool,
@@ -239,26 +239,32 @@ class MakeBatch(grain.transforms.RandomMap):
       starts = choices = np.zeros(n, np.int64)
     swap_before = draws[2] < self.swap_before_p  # The canonical frame follows the new person 1.
     swap_after = draws[3] < self.swap_after_p  # Either person may be the one at the origin.
-    frames = int(windows.max())
-    first = records[0]['motion']
-    motion = np.empty((n, frames) + first.shape[1:], first.dtype)  # [n, frames, 2, stored]
+    starts, windows, choices = starts.tolist(), windows.tolist(), choices.tolist()
+    representation = self.artifacts.representation
+    out = np.zeros((n, self.max_len, 2, representation.feature_dim), np.float32)
+    # A few clips per features call: one call per clip is mostly NumPy's per-call overhead for
+    # short windows, and many long clips at once leave the cache (at T = 300, 32 clips in one
+    # call took twice as long as one at a time).
+    chunk = max(1, _FRAMES_PER_CALL // max(windows))
+    for first in range(0, n, chunk):
+      members = range(first, min(first + chunk, n))
+      motion = np.empty((len(members), max(windows[i] for i in members))
+                        + records[first]['motion'].shape[1:], records[first]['motion'].dtype)
+      for row, i in enumerate(members):
+        clip = records[i]['motion'][starts[i]:starts[i] + windows[i]]
+        motion[row, :windows[i]] = clip[:, ::-1] if swap_before[i] else clip
+        motion[row, windows[i]:] = motion[row, windows[i] - 1]
+      for i, feats in zip(members, representation.pair_features(motion)):  # [2, frames-1, F]
+        count = windows[i] - 1  # Rows past count come from the repeated last frame.
+        feats = feats[::-1, :count] if swap_after[i] else feats[:, :count]
+        np.subtract(feats.transpose(1, 0, 2), self.artifacts.mean, out=out[i, :count])
+    valid = out[:, :max(windows) - 1]
+    np.divide(valid, self.artifacts.std, out=valid)
+    mask = (np.arange(self.max_len) < np.array(windows)[:, None] - 1).astype(np.float32)
     texts = []
-    for i, (record, start, window, c) in enumerate(zip(records, starts.tolist(),
-                                                        windows.tolist(), choices.tolist())):
-      clip = record['motion'][start:start + window]
-      motion[i, :window] = clip[:, ::-1] if swap_before[i] else clip
-      motion[i, window:] = motion[i, window - 1]
+    for record, c, before, after in zip(records, choices, swap_before, swap_after):
       persons = [_text(record['person1_texts'][c]), _text(record['person2_texts'][c])]
-      texts += [_text(record['captions'][c])] + (
-          persons[::-1] if swap_before[i] != swap_after[i] else persons)
-    feats = self.artifacts.representation.pair_features(motion)  # [n, 2, frames - 1, F]
-    out = np.zeros((n, self.max_len, 2, feats.shape[-1]), np.float32)
-    rows = (windows - 1).tolist()
-    for i, count in enumerate(rows):  # Rows past count come from the repeated last frame.
-      clip = feats[i, ::-1, :count] if swap_after[i] else feats[i, :, :count]
-      np.subtract(clip.transpose(1, 0, 2), self.artifacts.mean, out=out[i, :count])
-    np.divide(out[:, :frames - 1], self.artifacts.std, out=out[:, :frames - 1])
-    mask = (np.arange(self.max_len) < np.array(rows)[:, None]).astype(np.float32)
+      texts += [_text(record['captions'][c])] + (persons[::-1] if before != after else persons)
     tokens = self._encode(texts).reshape(n, 3, self.max_text_len)
     batch = {batch_lib.MOTION: out, batch_lib.MASK: mask,
              batch_lib.TEXT_TOKENS: tokens[:, 0], batch_lib.PERSON_TOKENS: tokens[:, 1:]}
@@ -273,6 +279,7 @@ class MakeBatch(grain.transforms.RandomMap):
     return batch
 
 
+_FRAMES_PER_CALL = 320  # Clip frames per features call (MakeBatch).
 _TOKEN_CACHE_SIZE = 1 << 18  # Texts; InterHuman has ~70k distinct captions and person texts.
 
 
