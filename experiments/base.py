@@ -52,7 +52,7 @@ def base_config(size: str, dataset: str) -> ml_collections.ConfigDict:
   config.data.swap_before_p = 0.5        # Person swap before canonicalisation.
   config.data.swap_after_p = 0.5         # Person swap after canonicalisation.
   config.data.worker_count = 0           # grain worker processes (0: in the training process);
-                                         # batches depend on it: resume with the same value.
+                                         # same batches for any value, but resume with the same.
   config.data.in_memory = True           # Decode the split's records once into host memory
                                          # (InterHuman: ~2 GB, est.) instead of every epoch; with
                                          # worker_count=0 only. Same batches either way.
