@@ -375,8 +375,8 @@ class Records(tuple):
 
 
 class BatchSource:
-  """grain's random-access source for ``make_loader``: element ``index`` is the list of records
-  of the sampler's element ``index``, so grain handles one element per batch."""
+  """grain's random-access source for ``make_loader``: element ``index`` holds the records of
+  the sampler's element ``index`` (``Records``), so grain handles one element per batch."""
 
   def __init__(self, source, sampler: EpochShuffleSampler):
     self._source, self._sampler = source, sampler
