@@ -56,6 +56,10 @@ def base_config(size: str, dataset: str) -> ml_collections.ConfigDict:
   config.data.in_memory = True           # Decode the split's records once into host memory
                                          # (InterHuman: ~2 GB, est.) instead of every epoch; with
                                          # worker_count=0 only. Same batches either way.
+  config.data.read_ahead = 2             # Batches built ahead on a background thread (0: in
+                                         # the loop). Same batches and checkpoints either way.
+  config.data.read_ahead_priority = 'idle'  # That thread's CPU priority: 'idle' (only cores the
+                                         # step leaves idle), 'low' (nice 19) or 'normal'.
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.num_steps = 1000      # Cosine schedule length.

@@ -17,6 +17,8 @@ import ml_collections
 
 NAN_POLICIES = ('stop', 'skip')
 BACKENDS = ('shard_map', 'pmap')  # finedual_jax.parallel.BACKENDS (this module imports no JAX).
+# CPU priorities of the input pipeline's read-ahead thread (data.pipeline.read_ahead).
+READ_AHEAD_PRIORITIES = ('idle', 'low', 'normal')
 DATA_SOURCES = ('synthetic', 'tfds')
 COMPUTE_DTYPES = ('float32', 'bfloat16')  # finedual_jax.models.precision.DTYPES.
 
@@ -94,6 +96,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
   check('data.swap_after_p', probability, 'a probability in [0, 1]')
   check('data.worker_count', non_negative_int, 'an integer >= 0 (0: no worker processes)')
   check('data.in_memory', lambda x: isinstance(x, bool), 'True or False')
+  check('data.read_ahead', non_negative_int, 'an integer >= 0 (0: read in the loop)')
+  check('data.read_ahead_priority', lambda x: x in READ_AHEAD_PRIORITIES,
+        f'one of {list(READ_AHEAD_PRIORITIES)}')
   # diffusion
   check('diffusion.num_steps', lambda x: _is_int(x) and x >= 2, 'an integer >= 2')
   check('diffusion.ddim_steps', lambda x: positive_int(x) and x <= get('diffusion.num_steps'),

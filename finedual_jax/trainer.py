@@ -188,11 +188,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         worker_count=config.data.worker_count, shard_index=jax.process_index(),
         shard_count=jax.process_count(), in_memory=records)
 
-  batches = iter(loader(config.seed))
+  # Batches are read ahead on a low-priority thread, into the step's idle moments.
+  batches = pipeline.read_ahead(iter(loader(config.seed)), config.data.read_ahead,
+                               priority=config.data.read_ahead_priority)
   if start:
     problem = checkpointer.restore_data(batches, start)
     if problem:  # Still deterministic, but not the batches an uninterrupted run would read.
-      batches = iter(loader(config.seed + start))
+      _close(batches)
+      batches = pipeline.read_ahead(iter(loader(config.seed + start)), config.data.read_ahead,
+                                    priority=config.data.read_ahead_priority)
       log(f'warning: {problem}; the input pipeline restarts with seed {config.seed + start}')
   writer = metric_writers.MetricWriter(workdir, resume_step=start, enabled=is_main)
   state = dp.put(state)
@@ -255,6 +259,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           break
     checkpointer.wait()
   finally:
+    _close(batches)
     checkpointer.close()
     writer.close()
   state = dp.get(state)
@@ -267,6 +272,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     summary['samples'] = sample_after_training(config, workdir, parallel.process_local(state),
                                                model, schedule, artifacts)
   return summary
+
+
+def _close(batches) -> None:
+  """Stops a read-ahead thread (a plain loader iterator has nothing to stop)."""
+  if hasattr(batches, 'close'):
+    batches.close()
 
 
 def _non_finite(config, workdir, step, metrics, dp, state, host_batch, mesh, log) -> None:
