@@ -13,7 +13,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from data_pipelines import prepare
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import pipeline
 from finedual_jax.data import representation
@@ -22,17 +21,6 @@ from finedual_jax.motion import features as features_lib
 _BATCH = 4
 _MAX_LEN = 150  # Between the synthetic clip lengths, so both padding and cropping happen.
 _TEXT_LEN = 48
-
-
-@pytest.fixture(scope='module')
-def dataset_dir(tmp_path_factory):
-  raw_dir = tmp_path_factory.mktemp('synthetic') / 'interhuman'
-  return prepare.prepare_synthetic(raw_dir, tmp_path_factory.mktemp('tfds'), clips_per_type=2)
-
-
-@pytest.fixture(scope='module')
-def artifacts(dataset_dir):
-  return pipeline.load_artifacts(dataset_dir)
 
 
 @pytest.fixture(scope='module')

@@ -10,24 +10,12 @@ import threading
 import numpy as np
 import pytest
 
-from data_pipelines import prepare
 from experiments import default
 from finedual_jax import config_checks
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import pipeline
 
 _LINUX = sys.platform.startswith('linux')
-
-
-@pytest.fixture(scope='module')
-def dataset_dir(tmp_path_factory):
-  raw_dir = tmp_path_factory.mktemp('synthetic') / 'interhuman'
-  return prepare.prepare_synthetic(raw_dir, tmp_path_factory.mktemp('tfds'), clips_per_type=2)
-
-
-@pytest.fixture(scope='module')
-def artifacts(dataset_dir):
-  return pipeline.load_artifacts(dataset_dir)
 
 
 def _iterator(dataset_dir, artifacts, seed=3):
