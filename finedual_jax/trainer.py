@@ -180,23 +180,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
   records = pipeline.records_in_memory(dataset_dir, 'train', config.data, log)
 
-  def loader(seed: int):
-    return pipeline.make_loader(
+  def read_batches(seed: int):  # Read ahead on a low-priority thread, into the step's idle time.
+    loader = pipeline.make_loader(
         dataset_dir, 'train', artifacts, batch_size=local_batch, max_len=config.data.max_len,
         max_text_len=config.data.max_text_len, train=True, seed=seed,
         swap_before_p=config.data.swap_before_p, swap_after_p=config.data.swap_after_p,
         worker_count=config.data.worker_count, shard_index=jax.process_index(),
         shard_count=jax.process_count(), in_memory=records)
-
-  # Batches are read ahead on a low-priority thread, into the step's idle moments.
-  batches = pipeline.read_ahead(iter(loader(config.seed)), config.data.read_ahead,
+    return pipeline.read_ahead(iter(loader), config.data.read_ahead,
                                priority=config.data.read_ahead_priority)
+
+  batches = read_batches(config.seed)
   if start:
     problem = checkpointer.restore_data(batches, start)
     if problem:  # Still deterministic, but not the batches an uninterrupted run would read.
-      _close(batches)
-      batches = pipeline.read_ahead(iter(loader(config.seed + start)), config.data.read_ahead,
-                                    priority=config.data.read_ahead_priority)
+      pipeline.stop_reading_ahead(batches)
+      batches = read_batches(config.seed + start)
       log(f'warning: {problem}; the input pipeline restarts with seed {config.seed + start}')
   writer = metric_writers.MetricWriter(workdir, resume_step=start, enabled=is_main)
   state = dp.put(state)
@@ -259,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
           break
     checkpointer.wait()
   finally:
-    _close(batches)
+    pipeline.stop_reading_ahead(batches)
     checkpointer.close()
     writer.close()
   state = dp.get(state)
@@ -272,12 +271,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     summary['samples'] = sample_after_training(config, workdir, parallel.process_local(state),
                                                model, schedule, artifacts)
   return summary
-
-
-def _close(batches) -> None:
-  """Stops a read-ahead thread (a plain loader iterator has nothing to stop)."""
-  if hasattr(batches, 'close'):
-    batches.close()
 
 
 def _non_finite(config, workdir, step, metrics, dp, state, host_batch, mesh, log) -> None:

@@ -217,8 +217,7 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
         raise FloatingPointError(f'train_step_throughput: a step before step {steps} gave a '
                                  'non-finite loss.')
   finally:
-    if hasattr(batches, 'close'):  # Stops the read-ahead thread.
-      batches.close()
+    pipeline.stop_reading_ahead(batches)
   median = statistics.median(times)
   loop_median = statistics.median(loop_times)
   return {

@@ -472,9 +472,9 @@ class ReadAhead:
   def __init__(self, iterator, batches: int, priority: str):
     self._iterator, self._batches, self._priority = iterator, batches, priority
     self._state = iterator.get_state()  # After the last batch handed out.
-    self._thread: threading.Thread | None = None
-    self._queue: queue.Queue | None = None
-    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None  # With its queue and stop event, while
+    self._queue: queue.Queue | None = None          # reading ahead.
+    self._stop: threading.Event | None = None
     self.lowered = False  # Whether the reading thread's priority was lowered (for tests).
 
   def __iter__(self):
@@ -555,3 +555,10 @@ def read_ahead(iterator, batches: int, *, priority: str = 'idle'):
     raise ValueError(f'read_ahead: priority must be one of {list(READ_AHEAD_PRIORITIES)}, '
                      f'found {priority!r}.')
   return ReadAhead(iterator, batches, priority) if batches else iterator
+
+
+def stop_reading_ahead(iterator) -> None:
+  """Stops ``iterator``'s read-ahead thread if it has one (``read_ahead`` with batches=0
+  returns the loader's own iterator, which has none)."""
+  if isinstance(iterator, ReadAhead):
+    iterator.close()

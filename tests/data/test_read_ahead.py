@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 
+import grain
 import numpy as np
 import pytest
 
@@ -127,6 +128,12 @@ def test_close_stops_the_thread_and_zero_reads_in_the_loop():
   assert threading.active_count() == before
   plain = _Counting()
   assert pipeline.read_ahead(plain, 0) is plain
+  pipeline.stop_reading_ahead(plain)  # Nothing to stop.
+  ahead = pipeline.read_ahead(_Counting(), 2)
+  next(ahead)
+  assert threading.active_count() == before + 1
+  pipeline.stop_reading_ahead(ahead)
+  assert threading.active_count() == before
 
 
 @pytest.mark.parametrize('batches, priority, message', [
@@ -150,8 +157,6 @@ def test_config_checks_name_bad_read_ahead_fields():
 def test_grain_checkpoint_handler_saves_and_restores_it(dataset_dir, artifacts, tmp_path):
   # The trainer's checkpoints go through grain's orbax handler, which calls start_prefetch
   # after set_state.
-  import grain
-
   ahead = pipeline.read_ahead(_iterator(dataset_dir, artifacts), 2)
   list(itertools.islice(ahead, 2))
   handler = grain.checkpoint.CheckpointHandler()
