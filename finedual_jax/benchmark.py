@@ -8,12 +8,14 @@
 
 In one run it measures:
 
-* the reference peak: fp32 matmul of large square matrices with NumPy/BLAS and with
-  ``jnp.dot`` (the better of the two);
+* the reference peaks: fp32 matmul of large square matrices with NumPy/BLAS and with
+  ``jnp.dot`` (the better of the two), and the same ``jnp.dot`` on bfloat16 inputs (float32
+  accumulation), the reference of the runs that compute in bfloat16;
 * per model (FineDual, the InterGen and in2IN-style baselines) and size (``bench``: width 512,
   8 layers in total, batch 16, T = 300; ``tiny``): the training step's examples/s and median
   step time (≥ 10 steps after warm-up, blocking each step), its FLOPs from XLA's cost analysis
-  (of the model with textbook attention: ``data.benchmark.model_flops``), MFU = achieved FLOP/s / reference peak, memory (host RSS on CPU; the compiled
+  (of the model with textbook attention: ``data.benchmark.model_flops``), MFU = achieved
+  FLOP/s / the reference peak of the compute dtype, memory (host RSS on CPU; the compiled
   program's arguments + outputs + temporaries elsewhere), and the fraction of step time spent
   waiting for data when the step runs inside the trainer's loop on real batches;
 * sampling: one full DDIM run (50 steps, all guidance branches in one forward pass) at T = 300
@@ -21,9 +23,8 @@ In one run it measures:
 * the input pipeline's examples/s at T = 300.
 
 It prints a table last and writes every figure to ``--out``. On a GPU/TPU machine run the same
-command there (``pip install -U "jax[cuda12]"`` or ``"jax[tpu]"`` first); the reference peak is
-then the measured fp32 ``jnp.dot`` rate — compare with the vendor's bf16 peak for mixed
-precision. XLA's cost analysis counts a loop body once, so the sampler's FLOPs are the body's
+command there (``pip install -U "jax[cuda12]"`` or ``"jax[tpu]"`` first); the reference peaks
+are then the measured ``jnp.dot`` rates (compare them with the vendor's figures). XLA's cost analysis counts a loop body once, so the sampler's FLOPs are the body's
 times the number of DDIM steps. FLOPs count matmuls and elementwise arithmetic, not the
 exponentials of softmax/SiLU or random-bit generation, which also take time on a CPU.
 """
@@ -49,7 +50,10 @@ SAMPLING_MFU_TARGET = 0.85
 
 
 def matmul_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
-  """fp32 GFLOP/s of an n x n matmul with NumPy (BLAS) and with jnp.dot; best of ``repeats``."""
+  """Matmul GFLOP/s of n x n matrices, best of ``repeats``: float32 with NumPy (BLAS) and with
+  jnp.dot (``peak_flops_per_s``: the better of the two), and bfloat16 inputs with float32
+  accumulation through jnp.dot (``bf16_peak_flops_per_s``: the reference for mixed precision,
+  which runs on other units than float32 on GPUs, TPUs and CPUs with AMX)."""
   import jax
   import jax.numpy as jnp
   a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
@@ -57,12 +61,26 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
   flops = 2.0 * n ** 3
   a @ b
   numpy_s = min(_timed(lambda: a @ b) for _ in range(repeats))
-  dot = jax.jit(jnp.dot)
-  ja, jb = jnp.asarray(a), jnp.asarray(b)
-  dot(ja, jb).block_until_ready()
-  jax_s = min(_timed(lambda: dot(ja, jb).block_until_ready()) for _ in range(repeats))
+  dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+
+  def jax_seconds(dtype) -> float:
+    ja, jb = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+    dot(ja, jb).block_until_ready()
+    return min(_timed(lambda: dot(ja, jb).block_until_ready()) for _ in range(repeats))
+
+  jax_s, bf16_s = jax_seconds(jnp.float32), jax_seconds(jnp.bfloat16)
   return {'n': n, 'numpy_flops_per_s': flops / numpy_s, 'jax_flops_per_s': flops / jax_s,
-          'peak_flops_per_s': max(flops / numpy_s, flops / jax_s)}
+          'peak_flops_per_s': max(flops / numpy_s, flops / jax_s),
+          'bf16_peak_flops_per_s': flops / bf16_s}
+
+
+def reference_peak(peak: dict[str, float], compute_dtype: str) -> float:
+  """The peak a run computing in ``compute_dtype`` is measured against (its MFU's divisor)."""
+  if compute_dtype == 'bfloat16':
+    return peak['bf16_peak_flops_per_s']
+  if compute_dtype == 'float32':
+    return peak['peak_flops_per_s']
+  raise ValueError(f'compute_dtype: expected float32 or bfloat16, found {compute_dtype!r}.')
 
 
 def _timed(fn) -> float:
@@ -135,7 +153,8 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
       seconds = min(_timed(lambda: compiled(*args).block_until_ready()) for _ in range(3))
     results.append({'model': config.model.name, 'batch': batch, 'length': length,
                     'ddim_steps': ddim_steps, 'compile_s': compile_s, 'seconds': seconds,
-                    'flops': flops, 'mfu': flops / seconds / peak,
+                    'flops': flops, 'mfu': flops / seconds / peak, 'peak_flops_per_s': peak,
+                    'compute_dtype': config.model.get('compute_dtype', 'float32'),
                     'onednn_dots': onednn_dots})
   return results
 
@@ -204,8 +223,9 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
   every config when none is 'bench'."""
   import jax
   peak = matmul_peak()
-  log(f'reference peak: NumPy {peak["numpy_flops_per_s"] / 1e9:.1f} GFLOP/s, jnp.dot '
-      f'{peak["jax_flops_per_s"] / 1e9:.1f} GFLOP/s ({jax.devices()[0].platform})')
+  log(f'reference peak: float32 NumPy {peak["numpy_flops_per_s"] / 1e9:.1f} GFLOP/s, jnp.dot '
+      f'{peak["jax_flops_per_s"] / 1e9:.1f} GFLOP/s; bfloat16 jnp.dot '
+      f'{peak["bf16_peak_flops_per_s"] / 1e9:.1f} GFLOP/s ({jax.devices()[0].platform})')
   dataset_dir = data_benchmark.synthetic_dataset_dir(workdir)
   artifacts = pipeline.load_artifacts(dataset_dir)
   data_rate = data_benchmark.pipeline_throughput(
@@ -221,10 +241,12 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
                                                   warmup=2, min_seconds=train_seconds)
     # Peak host memory while this model compiled and trained (with what earlier models left
     # resident), or since process start where the OS cannot reset the peak.
-    result.update(size=size, mfu=result['achieved_flops_per_s'] / peak['peak_flops_per_s'],
-                  host_rss_bytes=data_benchmark.peak_rss_bytes(),
+    dtype = config.model.get('compute_dtype', 'float32')
+    reference = reference_peak(peak, dtype)
+    result.update(size=size, mfu=result['achieved_flops_per_s'] / reference,
+                  peak_flops_per_s=reference, host_rss_bytes=data_benchmark.peak_rss_bytes(),
                   host_rss_since='model' if since_model else 'process start',
-                  compute_dtype=config.model.get('compute_dtype', 'float32'))
+                  compute_dtype=dtype)
     training.append(result)
     log(f'train {model}/{size}: {result["median_step_s"] * 1e3:.0f} ms/step, '
         f'{result["examples_per_s"]:.1f} examples/s, {result["flops_per_step"] / 1e9:.1f} '
@@ -232,7 +254,7 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
     if size == 'bench' or sample_all:
       for r in sampling_throughput(config, artifacts, batch_sizes=sample_batches,
                                    length=min(sample_length, config.data.max_len),
-                                   ddim_steps=ddim_steps, peak=peak['peak_flops_per_s']):
+                                   ddim_steps=ddim_steps, peak=reference):
         r['size'] = size
         sampling.append(r)
         log(f'sample {model}/{size} batch {r["batch"]}: {r["seconds"]:.1f} s, MFU '
@@ -249,9 +271,16 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
                       'data_wait_fraction': 0.05}}
 
 
+def _label(result: dict[str, Any]) -> str:
+  bf16 = result.get('compute_dtype') == 'bfloat16'
+  return f'{result["model"]}/{result["size"]}' + ('/bf16' if bf16 else '')
+
+
 def format_table(report: dict[str, Any]) -> str:
   machine = report['machine']
-  lines = [f'reference peak {report["peak"]["peak_flops_per_s"] / 1e9:.1f} GFLOP/s; input '
+  lines = [f'reference peak {report["peak"]["peak_flops_per_s"] / 1e9:.1f} GFLOP/s (float32), '
+           f'{report["peak"]["bf16_peak_flops_per_s"] / 1e9:.1f} GFLOP/s (bfloat16: the /bf16 '
+           f'rows\' MFU); input '
            f'pipeline {report["pipeline"]["examples_per_s"]:.0f} examples/s at T=300; host huge '
            f'pages {"on" if machine.get("huge_pages") else "off"} '
            f'(kernel: {machine.get("transparent_huge_pages")})',
@@ -259,8 +288,7 @@ def format_table(report: dict[str, Any]) -> str:
            f'{"memory MiB":>12}']
   for r in report['training']:
     memory = r['host_rss_bytes'] if r['platform'] == 'cpu' else r['device_memory_bytes']
-    label = f'{r["model"]}/{r["size"]}' + ('/bf16' if r.get('compute_dtype') == 'bfloat16' else '')
-    lines.append(f'{label:<22}{r["median_step_s"] * 1e3:>9.0f}'
+    lines.append(f'{_label(r):<22}{r["median_step_s"] * 1e3:>9.0f}'
                  f'{r["examples_per_s"]:>8.1f}{r["flops_per_step"] / 1e9:>9.1f}'
                  f'{r["mfu"]:>7.1%}{r["data_wait_fraction"]:>7.1%}{(memory or 0) / 2**20:>12.0f}')
   for r in report.get('paper_memory', []):
@@ -269,7 +297,7 @@ def format_table(report: dict[str, Any]) -> str:
   if report['sampling']:
     lines.append(f'{"sampling (DDIM)":<22}{"batch":>9}{"s":>8}{"TFLOP":>9}{"MFU":>7}')
     for r in report['sampling']:
-      lines.append(f'{r["model"] + "/" + r["size"]:<22}{r["batch"]:>9}{r["seconds"]:>8.1f}'
+      lines.append(f'{_label(r):<22}{r["batch"]:>9}{r["seconds"]:>8.1f}'
                    f'{r["flops"] / 1e12:>9.2f}{r["mfu"]:>7.1%}')
   return '\n'.join(lines)
 

@@ -45,13 +45,14 @@ def tiny_report(workdir):
 
 def test_tiny_run_reports_every_figure(tiny_report):
   report, lines = tiny_report
-  assert report['peak']['peak_flops_per_s'] > 0
+  assert report['peak']['peak_flops_per_s'] > 0 and report['peak']['bf16_peak_flops_per_s'] > 0
   assert report['pipeline']['examples_per_s'] > 0
   # One model keeps the suite short: the figures are computed the same way for every model.
   assert [(r['model'], r['size']) for r in report['training']] == [('intergen', 'tiny')]
   for r in report['training']:
     assert r['flops_per_step'] > 0 and r['median_step_s'] > 0 and r['examples_per_s'] > 0
-    assert r['mfu'] == pytest.approx(r['achieved_flops_per_s'] / report['peak']['peak_flops_per_s'])
+    assert r['peak_flops_per_s'] == report['peak']['peak_flops_per_s']  # float32 run.
+    assert r['mfu'] == pytest.approx(r['achieved_flops_per_s'] / r['peak_flops_per_s'])
     assert 0 <= r['data_wait_fraction'] < 1
     # ~14 ms steps repeat until each kind (alone, in the loop) has run a second.
     assert r['num_steps'] > 10 and r['compute_seconds'] >= 1.0
@@ -65,6 +66,7 @@ def test_tiny_run_reports_every_figure(tiny_report):
   one, two = sampling['intergen', 1], sampling['intergen', 2]
   assert one['ddim_steps'] == 3 and one['length'] == 16
   assert two['flops'] == pytest.approx(2 * one['flops'], rel=0.05)
+  assert one['mfu'] == pytest.approx(one['flops'] / one['seconds'] / report['peak']['peak_flops_per_s'])
   assert one['onednn_dots'] is True and two['onednn_dots'] is True  # CPU, no compilation cache.
   table = benchmark.format_table(report)
   assert 'intergen/tiny' in table and 'sampling (DDIM)' in table
@@ -87,6 +89,32 @@ def test_training_flops_do_not_count_what_remat_recomputes(tiny_report, workdir)
 def test_report_is_json(tiny_report, tmp_path):
   path = data_benchmark.write_json(tmp_path / 'bench.json', tiny_report[0])
   assert json.loads(path.read_text())['training'][0]['model'] == 'intergen'
+
+
+def test_mixed_precision_is_measured_against_the_bfloat16_peak():
+  peak = {'peak_flops_per_s': 300e9, 'bf16_peak_flops_per_s': 1400e9}
+  assert benchmark.reference_peak(peak, 'float32') == 300e9
+  assert benchmark.reference_peak(peak, 'bfloat16') == 1400e9
+  with pytest.raises(ValueError, match="found 'float16'"):
+    benchmark.reference_peak(peak, 'float16')
+
+
+def test_table_labels_bfloat16_rows_and_names_both_peaks():
+  row = {'model': 'finedual', 'size': 'bench', 'platform': 'cpu', 'median_step_s': 2.0,
+         'examples_per_s': 8.0, 'flops_per_step': 1e12, 'mfu': 0.5, 'data_wait_fraction': 0.0,
+         'host_rss_bytes': 2**30, 'device_memory_bytes': None}
+  sample = {'model': 'finedual', 'size': 'bench', 'batch': 1, 'seconds': 30.0, 'flops': 5e12,
+            'mfu': 0.6}
+  report = {'machine': {'huge_pages': True, 'transparent_huge_pages': 'madvise'},
+            'peak': {'peak_flops_per_s': 300e9, 'bf16_peak_flops_per_s': 1400e9},
+            'pipeline': {'examples_per_s': 1000.0},
+            'training': [dict(row, compute_dtype='float32'), dict(row, compute_dtype='bfloat16')],
+            'sampling': [dict(sample, compute_dtype='bfloat16')]}
+  table = benchmark.format_table(report)
+  assert '300.0 GFLOP/s (float32)' in table and '1400.0 GFLOP/s (bfloat16' in table
+  rows = [line.split()[0] for line in table.splitlines()[2:]]
+  assert rows[:2] == ['finedual/bench', 'finedual/bench/bf16']
+  assert table.splitlines()[-1].split()[0] == 'finedual/bench/bf16'
 
 
 def test_bench_configs_set_the_compute_dtype_and_reject_unknown_names():
