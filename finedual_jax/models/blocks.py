@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from finedual_jax.models import dense
 from finedual_jax.models import layers
 
 
@@ -29,7 +30,7 @@ class Block(nn.Module):
     """x: [N, T, d]; x_mask: [N, T]; cond: [N, d]; context: [N, S, d]; context_mask: [N, S]."""
 
     def attend(query, kv, kv_mask, name):
-      return nn.MultiHeadDotProductAttention(
+      return dense.MultiHeadAttention(
           self.num_heads, dropout_rate=self.dropout, deterministic=deterministic,
           attention_fn=layers.attention, name=name)(
               query, kv, mask=layers.attention_mask(x_mask, kv_mask))
@@ -98,7 +99,7 @@ class MotionIn(nn.Module):
 
   @nn.compact
   def __call__(self, streams: jax.Array) -> jax.Array:
-    h = nn.Dense(self.width, name='proj')(streams)
+    h = dense.Dense(self.width, name='proj')(streams)
     positions = layers.sinusoidal_embedding(jnp.arange(streams.shape[1]), self.width)
     return h + positions[None].astype(h.dtype)
 
@@ -110,4 +111,4 @@ class MotionOut(nn.Module):
   @nn.compact
   def __call__(self, h: jax.Array) -> jax.Array:
     h = nn.LayerNorm(name='ln')(h)
-    return nn.Dense(self.feature_dim, kernel_init=nn.initializers.zeros, name='proj')(h)
+    return dense.Dense(self.feature_dim, kernel_init=nn.initializers.zeros, name='proj')(h)

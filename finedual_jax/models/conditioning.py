@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from finedual_jax.data.batch import TextFeatures
+from finedual_jax.models import dense
 from finedual_jax.models.text_encoder import TextEncoder
 
 
@@ -57,7 +58,7 @@ class TextConditioner(nn.Module):
     encoder = TextEncoder(self.vocab_size, self.text_width, self.text_layers, self.text_heads,
                           self.max_text_len, self.dropout, name='text_encoder')
     tok, pooled, tok_mask = encoder(tokens, roles, deterministic=deterministic)
-    project = nn.Dense(self.width, name='text_proj')
+    project = dense.Dense(self.width, name='text_proj')
     tok, pooled = project(tok), project(pooled)
     null = self.param('null_text', nn.initializers.normal(0.02), (2, self.width))[roles]
     tok = jnp.where(drop[:, None, None], null[:, None, :], tok)

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from finedual_jax.models import blocks
+from finedual_jax.models import dense
 from finedual_jax.models import layers
 from finedual_jax.models.conditioning import TextConditioner
 from finedual_jax.models.distance_predictor import DistancePredictor
@@ -84,9 +85,9 @@ class FineDualDenoiser(nn.Module):
                        name=f'individual_{i}')(
           h, stream_mask, individual_cond, cond.person_tokens, cond.person_mask,
           deterministic=deterministic)
-    embed = nn.Dense(self.embed_dim, name='individual_motion_embed')
+    embed = dense.Dense(self.embed_dim, name='individual_motion_embed')
     aux['individual_motion'] = embed(blocks.masked_pool(h, stream_mask)).reshape(batch, 2, -1)
-    aux['individual_text'] = nn.Dense(self.embed_dim, name='individual_text_embed')(
+    aux['individual_text'] = dense.Dense(self.embed_dim, name='individual_text_embed')(
         cond.person_pooled).reshape(batch, 2, -1)
 
     # 2. Adaptive Adjustment stage.
@@ -97,13 +98,13 @@ class FineDualDenoiser(nn.Module):
         aux['part_distances'] = distances.reshape(batch, 2, *distances.shape[1:])[:, 0]
       else:
         distances = None
-        parts = nn.Dense(self.num_parts * self.graph_hidden, name='part_tokens')(h)
+        parts = dense.Dense(self.num_parts * self.graph_hidden, name='part_tokens')(h)
         parts = parts.reshape(*h.shape[:2], self.num_parts, self.graph_hidden)
       nodes = InteractionGraph(
           hidden=self.graph_hidden, num_parts=self.num_parts, rounds=self.graph_rounds,
           distance_threshold=self.distance_threshold, temperature=self.distance_temperature,
           gated=self.use_distance_predictor, name='graph')(parts, distances)
-      h = h + nn.Dense(self.width, name='graph_out')(nodes.reshape(*h.shape[:2], -1))
+      h = h + dense.Dense(self.width, name='graph_out')(nodes.reshape(*h.shape[:2], -1))
     overall_cond = time_cond + jnp.repeat(cond.overall_pooled, 2, axis=0)
     for i in range(self.interaction_layers):
       h = blocks.block(self.num_heads, self.ff_dim, self.dropout, remat=self.remat,
@@ -121,8 +122,8 @@ class FineDualDenoiser(nn.Module):
             h, stream_mask, overall_cond, overall_tok, overall_mask, deterministic=deterministic)
     # The dual-motion feature is symmetric in the persons: the mean of both streams' pools.
     pooled = blocks.masked_pool(h, stream_mask).reshape(batch, 2, -1).mean(axis=1)
-    aux['overall_motion'] = nn.Dense(self.embed_dim, name='overall_motion_embed')(pooled)
-    aux['overall_text'] = nn.Dense(self.embed_dim, name='overall_text_embed')(cond.overall_pooled)
+    aux['overall_motion'] = dense.Dense(self.embed_dim, name='overall_motion_embed')(pooled)
+    aux['overall_text'] = dense.Dense(self.embed_dim, name='overall_text_embed')(cond.overall_pooled)
 
     x0 = blocks.from_streams(blocks.MotionOut(self.feature_dim, name='head')(h))
     return x0, aux

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from finedual_jax.models import dense
 from finedual_jax.motion import body_parts
 
 
@@ -41,16 +42,16 @@ class DistancePredictor(nn.Module):
                        f'([2B, T, d]); got {streams} streams. Stack persons as '
                        f'(b0p0, b0p1, b1p0, ...).')
     k = self.num_parts
-    tokens = nn.Dense(k * self.hidden, name='part_tokens')(nn.LayerNorm(name='ln_in')(h))
+    tokens = dense.Dense(k * self.hidden, name='part_tokens')(nn.LayerNorm(name='ln_in')(h))
     tokens = tokens.reshape(streams, frames, k, self.hidden)
 
     pairs = tokens.reshape(streams // 2, 2, frames, k, self.hidden)
     u = pairs[:, 0, :, :, None, :]  # person 0's part i  [B, T, K, 1, H]
     v = pairs[:, 1, :, None, :, :]  # person 1's part j  [B, T, 1, K, H]
     symmetric = jnp.concatenate(jnp.broadcast_arrays(u + v, u * v), axis=-1)  # [B, T, K, K, 2H]
-    x = nn.gelu(nn.Dense(self.hidden, name='pair_hidden')(symmetric))
+    x = nn.gelu(dense.Dense(self.hidden, name='pair_hidden')(symmetric))
     # softplus: distances are non-negative.
-    d0 = nn.softplus(nn.Dense(1, name='pair_out')(x)[..., 0])  # [B, T, K, K]
+    d0 = nn.softplus(dense.Dense(1, name='pair_out')(x)[..., 0])  # [B, T, K, K]
     d1 = jnp.swapaxes(d0, -1, -2)
     distances = jnp.stack([d0, d1], axis=1).reshape(streams, frames, k, k)
     return distances, tokens

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
+from finedual_jax.models import dense
 from finedual_jax.motion import body_parts
 
 INTRA, INTER = 0, 1  # edge types
@@ -104,18 +105,18 @@ class _MessagePassingRound(nn.Module):
     width = x.shape[-1]
     y = nn.LayerNorm(name='ln')(x)
     nodes = {'x': x, 'y': y,
-             'send': nn.Dense(self.hidden, name='msg_sender')(y),
-             'recv': nn.Dense(self.hidden, use_bias=False, name='msg_receiver')(y)}
-    msg_type = nn.Dense(self.hidden, use_bias=False, name='msg_edge_type')
+             'send': dense.Dense(self.hidden, name='msg_sender')(y),
+             'recv': dense.Dense(self.hidden, use_bias=False, name='msg_receiver')(y)}
+    msg_type = dense.Dense(self.hidden, use_bias=False, name='msg_edge_type')
     # A [1, hidden] Dense on the scalar distance, written as a broadcast product: XLA's CPU
     # matmul with a contraction of size 1 took about twice as long.
     if self.distance_feature:
       distance_kernel = self.param('msg_edge_distance', nn.initializers.lecun_normal(),
                                    (1, self.hidden))
-    msg_out = nn.Dense(width, use_bias=False, name='msg_out')
+    msg_out = dense.Dense(width, use_bias=False, name='msg_out')
     msg_out_bias = self.param('msg_out_bias', nn.initializers.zeros, (width,))
-    update_hidden = nn.Dense(self.hidden, name='update_hidden')
-    update_out = nn.Dense(width, name='update_out')
+    update_hidden = dense.Dense(self.hidden, name='update_hidden')
+    update_out = dense.Dense(width, name='update_out')
 
     def update_edge_fn(edges, sent, received, _):
       pre = sent['send'] + received['recv'] + msg_type(edges['type'])

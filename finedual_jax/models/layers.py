@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from finedual_jax.models import chunked_attention
+from finedual_jax.models import dense
 from finedual_jax.models import dropout
 
 
@@ -27,8 +28,8 @@ class TimestepEmbedding(nn.Module):
 
   @nn.compact
   def __call__(self, t: jax.Array, dtype=jnp.float32) -> jax.Array:
-    h = nn.Dense(self.width)(sinusoidal_embedding(t, self.width).astype(dtype))
-    return nn.Dense(self.width)(nn.silu(h))
+    h = dense.Dense(self.width)(sinusoidal_embedding(t, self.width).astype(dtype))
+    return dense.Dense(self.width)(nn.silu(h))
 
 
 class FeedForward(nn.Module):
@@ -39,9 +40,9 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
     width = x.shape[-1]
-    h = nn.gelu(nn.Dense(self.hidden)(x))
+    h = nn.gelu(dense.Dense(self.hidden)(x))
     h = dropout.Dropout(self.dropout)(h, deterministic=deterministic)
-    return nn.Dense(width)(h)
+    return dense.Dense(width)(h)
 
 
 class AdaLN(nn.Module):
@@ -55,7 +56,7 @@ class AdaLN(nn.Module):
   def __call__(self, x: jax.Array, cond: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x: [N, T, d]; cond: [N, c] -> (modulated x [N, T, d], gate [N, 1, d])."""
     width = x.shape[-1]
-    params = nn.Dense(3 * width, kernel_init=nn.initializers.zeros)(nn.silu(cond))
+    params = dense.Dense(3 * width, kernel_init=nn.initializers.zeros)(nn.silu(cond))
     shift, scale, gate = jnp.split(params[:, None, :], 3, axis=-1)
     normed = nn.LayerNorm(use_scale=False, use_bias=False)(x)
     return normed * (1.0 + scale) + shift, gate

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from finedual_jax.data.batch import TextFeatures
 from finedual_jax.data.tokenizer import PAD_ID
+from finedual_jax.models import dense
 from finedual_jax.models import layers
 
 NUM_ROLES = 2  # 0: the overall caption, 1: a per-person text.
@@ -32,7 +33,7 @@ class TextEncoder(nn.Module):
   def __call__(self, tokens, roles: jax.Array, *, deterministic: bool = True):
     if isinstance(tokens, TextFeatures):
       mask = tokens.mask > 0
-      x = nn.Dense(self.width, name='feature_proj')(tokens.features)
+      x = dense.Dense(self.width, name='feature_proj')(tokens.features)
     else:
       mask = tokens != PAD_ID
       x = nn.Embed(self.vocab_size, self.width, name='token_embed')(tokens)
@@ -47,10 +48,10 @@ class TextEncoder(nn.Module):
     attn_mask = layers.attention_mask(mask, mask)
     for i in range(self.depth):
       h = nn.LayerNorm(name=f'ln_attn_{i}')(x)
-      h = nn.MultiHeadDotProductAttention(self.num_heads, dropout_rate=self.dropout,
-                                          deterministic=deterministic,
-                                          attention_fn=layers.attention, name=f'attn_{i}')(
-                                              h, h, mask=attn_mask)
+      h = dense.MultiHeadAttention(self.num_heads, dropout_rate=self.dropout,
+                                   deterministic=deterministic,
+                                   attention_fn=layers.attention, name=f'attn_{i}')(
+                                       h, h, mask=attn_mask)
       x = x + h
       h = nn.LayerNorm(name=f'ln_ffn_{i}')(x)
       x = x + layers.FeedForward(2 * self.width, self.dropout, name=f'ffn_{i}')(
