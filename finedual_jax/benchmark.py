@@ -24,8 +24,9 @@ In one run it measures:
 
 It prints a table last and writes every figure to ``--out``. On a GPU/TPU machine run the same
 command there (``pip install -U "jax[cuda12]"`` or ``"jax[tpu]"`` first); the reference peaks
-are then the measured ``jnp.dot`` rates (compare them with the vendor's figures). XLA's cost analysis counts a loop body once, so the sampler's FLOPs are the body's
-times the number of DDIM steps. FLOPs count matmuls and elementwise arithmetic, not the
+are then the measured ``jnp.dot`` rates (compare them with the vendor's figures). XLA's cost
+analysis counts a loop body once, so the sampler's FLOPs are the body's times the number of
+DDIM steps. FLOPs count matmuls and elementwise arithmetic, not the
 exponentials of softmax/SiLU or random-bit generation, which also take time on a CPU.
 """
 

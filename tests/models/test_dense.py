@@ -19,7 +19,7 @@ def _assert_same_as_flax(ours, theirs, x, *, rtol=1e-5, atol=1e-5):
   params = theirs.init(jax.random.key(0), x)
   assert (jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x))
           == jax.tree.map(jnp.shape, params))
-  # A loss whose output gradient is an element-wise expression, as a residual gate makes it.
+  # A non-linear loss, so the output gradient differs from row to row.
   loss = lambda module: lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)) * x.mean())
   np.testing.assert_array_equal(np.asarray(ours.apply(params, x)),
                                 np.asarray(theirs.apply(params, x)))
