@@ -17,7 +17,7 @@ from finedual_jax.models import layers
 
 def test_model_flops_count_every_chunk_of_the_attention_loop(monkeypatch):
   from finedual_jax.models import chunked_attention
-  monkeypatch.setattr(chunked_attention, 'CHUNK_BYTES', 4 * 40 * 40 * 2)  # 4 chunks of 2 pairs.
+  monkeypatch.setattr(chunked_attention, 'CHUNK_BYTES', 4 * 40 * 40 * 2)  # 4 chunks of 1 example.
   q = jnp.ones((4, 40, 2, 8))
   mask = jnp.ones((4, 1, 1, 40), bool)
   build = lambda: jax.jit(lambda q: layers.attention(q, q, q, mask=mask))

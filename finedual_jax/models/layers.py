@@ -92,8 +92,8 @@ def attention(query, key, value, bias=None, mask=None, *, dropout_rng=None,
               implementation: str | None = None):
   """``attention_fn`` for flax's MultiHeadDotProductAttention.
 
-  ``implementation``: 'chunked' is ``chunked_attention`` (a few (example, head) pairs at a
-  time with a hand-written backward pass: 2-3x faster on CPU, where XLA runs the textbook
+  ``implementation``: 'chunked' is ``chunked_attention`` (a few examples at a time with a
+  hand-written backward pass: 2-3x faster on CPU, where XLA runs the textbook
   version as memory-bound passes over the whole score tensor); 'xla' is
   ``jax.nn.dot_product_attention`` without attention dropout (JAX may lower it to a fused
   kernel, cuDNN's on GPU) and flax's implementation with it; 'auto' picks 'chunked' on CPU

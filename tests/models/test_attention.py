@@ -47,7 +47,7 @@ def test_auto_is_chunked_on_cpu_and_unknown_implementations_are_named():
 
 @pytest.mark.parametrize('shape', [(3, 7, 5), (4, 40, 40)])  # (batch, q_len, k_len)
 def test_chunked_gradients_equal_autodiff_of_flax_attention(shape, monkeypatch):
-  monkeypatch.setattr(chunked_attention, 'CHUNK_BYTES', 4 * 40 * 40 * 2)  # Several chunks.
+  monkeypatch.setattr(chunked_attention, 'CHUNK_BYTES', 4 * 2 * 7 * 5)  # Chunks of 1 example.
   n, q_len, k_len = shape
   q, k, v, mask = _inputs(n, q_len, k_len)
   weights = jax.random.normal(jax.random.key(1), q.shape)
@@ -63,33 +63,46 @@ def test_chunked_gradients_equal_autodiff_of_flax_attention(shape, monkeypatch):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5)
 
 
-def test_chunk_size_divides_the_pairs_and_fits_the_budget():
-  assert chunked_attention.chunk_size(256, 300, 300, 2 << 20) == 4
-  assert chunked_attention.chunk_size(6, 300, 300, 2 << 20) == 3
-  assert chunked_attention.chunk_size(7, 2000, 2000, 2 << 20) == 1  # Never below 1.
+def test_chunk_size_divides_the_batch_and_fits_the_budget():
+  block = 4 * 8 * 300 * 300  # Bytes of one example's [heads, q_len, k_len] scores.
+  assert chunked_attention.chunk_size(32, 8, 300, 300, 2 * block) == 2
+  assert chunked_attention.chunk_size(6, 8, 300, 300, 4 * block) == 3
+  assert chunked_attention.chunk_size(7, 8, 2000, 2000, 2 << 20) == 1  # Never below 1.
+
+
+@pytest.mark.parametrize('mask_shape', [(3, 2, 7, 5), (1, 1, 7, 5), (3, 1, 1, 5)])
+def test_chunked_takes_every_broadcastable_mask_and_names_a_wrong_one(mask_shape, monkeypatch):
+  monkeypatch.setattr(chunked_attention, 'CHUNK_BYTES', 4 * 2 * 7 * 5)  # One example a chunk.
+  q, k, v, _ = _inputs()
+  mask = jax.random.bernoulli(jax.random.key(5), 0.7, mask_shape)
+  want = nn.dot_product_attention(q, k, v, mask=mask)
+  got = chunked_attention.dot_product_attention(q, k, v, mask)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  with pytest.raises(ValueError, match=r'mask shape \(3, 2, 7, 4\) does not broadcast to '
+                                       r'\(3, 2, 7, 5\)'):
+    chunked_attention.dot_product_attention(q, k, v, jnp.ones((3, 2, 7, 4), bool))
 
 
 def _reference_with_keep(q, k, v, mask, keep, rate):
-  """Textbook attention with a given keep-mask [pairs, q_len, k_len], for autodiff."""
+  """Textbook attention with a given keep-mask [batch, heads, q_len, k_len], for autodiff."""
   n, q_len, heads, depth = q.shape
   flat = lambda x: x.transpose(0, 2, 1, 3).reshape(n * heads, x.shape[1], depth)
   s = jnp.einsum('nqd,nkd->nqk', flat(q), flat(k)) / np.sqrt(depth)
   full_mask = jnp.broadcast_to(mask, (n, heads, q_len, k.shape[1])).reshape(s.shape)
   p = jax.nn.softmax(jnp.where(full_mask, s, -1e30), axis=-1)
-  p = jnp.where(keep, p / dropout.keep_probability(rate), 0.0)
+  p = jnp.where(keep.reshape(s.shape), p / dropout.keep_probability(rate), 0.0)
   out = jnp.einsum('nqk,nkd->nqd', p, flat(v))
   return out.reshape(n, heads, q_len, depth).transpose(0, 2, 1, 3)
 
 
 def test_chunked_dropout_forward_and_backward_use_the_same_keep_masks(monkeypatch):
-  monkeypatch.setattr(chunked_attention, 'CHUNK_BYTES', 4 * 7 * 5 * 2)  # Chunks of 2 pairs.
-  q, k, v, mask = _inputs()
+  monkeypatch.setattr(chunked_attention, 'CHUNK_BYTES', 4 * 2 * 7 * 5 * 2)  # 2 examples.
+  q, k, v, mask = _inputs(n=4)
   rate, rng = 0.3, jax.random.key(4)
-  pairs = q.shape[0] * q.shape[2]
-  chunk = chunked_attention.chunk_size(pairs, 7, 5)
+  chunk = chunked_attention.chunk_size(4, 2, 7, 5)
   assert chunk == 2
-  keep = jnp.concatenate([dropout.keep_mask(jax.random.fold_in(rng, i), (chunk, 7, 5), rate)
-                          for i in range(pairs // chunk)])
+  keep = jnp.concatenate([dropout.keep_mask(jax.random.fold_in(rng, i), (chunk, 2, 7, 5), rate)
+                          for i in range(4 // chunk)])
   weights = jax.random.normal(jax.random.key(1), q.shape)
   loss = lambda fn: (lambda q, k, v: jnp.sum(weights * jnp.tanh(fn(q, k, v))))
   chunked = lambda q, k, v: chunked_attention.dot_product_attention(
