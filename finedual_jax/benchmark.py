@@ -10,7 +10,8 @@ In one run it measures:
 
 * the reference peaks: fp32 matmul of large square matrices with NumPy/BLAS and with
   ``jnp.dot`` (the better of the two), and the same ``jnp.dot`` on bfloat16 inputs (float32
-  accumulation), the reference of the runs that compute in bfloat16;
+  accumulation), the reference of the runs that compute in bfloat16; each is measured before
+  and after the models and the better kept (``best_peak``), and every MFU is against it;
 * per model (FineDual, the InterGen and in2IN-style baselines) and size (``bench``: width 512,
   8 layers in total, batch 16, T = 300; ``tiny``): the training step's examples/s and median
   step time (≥ 10 steps after warm-up, blocking each step), its FLOPs from XLA's cost analysis
@@ -82,6 +83,22 @@ def reference_peak(peak: dict[str, float], compute_dtype: str) -> float:
   if compute_dtype == 'float32':
     return peak['peak_flops_per_s']
   raise ValueError(f'compute_dtype: expected float32 or bfloat16, found {compute_dtype!r}.')
+
+
+def best_peak(measurements: Sequence[dict[str, float]]) -> dict[str, float]:
+  """Each field's largest value over ``matmul_peak`` measurements. Load from other processes on
+  a shared machine only lowers a measured rate: on a 2-core Xeon one run measured 228.6 GFLOP/s
+  where others measured 308-333, which read a FineDual step's MFU as 62% instead of ~43%. The
+  benchmark therefore measures the peak before and after the models and keeps the better."""
+  return {key: max(m[key] for m in measurements) for key in measurements[0]}
+
+
+def _against(rows: list[dict[str, Any]], peak: dict[str, float]) -> None:
+  """Re-expresses each row's MFU against ``peak`` (the reference of the row's compute dtype)."""
+  for row in rows:
+    reference = reference_peak(peak, row['compute_dtype'])
+    row['mfu'] *= row['peak_flops_per_s'] / reference
+    row['peak_flops_per_s'] = reference
 
 
 def _timed(fn) -> float:
@@ -223,10 +240,15 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
   """Measures every (size label, config) of ``configs``; sampling for the 'bench' size, or for
   every config when none is 'bench'."""
   import jax
-  peak = matmul_peak()
-  log(f'reference peak: float32 NumPy {peak["numpy_flops_per_s"] / 1e9:.1f} GFLOP/s, jnp.dot '
-      f'{peak["jax_flops_per_s"] / 1e9:.1f} GFLOP/s; bfloat16 jnp.dot '
-      f'{peak["bf16_peak_flops_per_s"] / 1e9:.1f} GFLOP/s ({jax.devices()[0].platform})')
+
+  def measure_peak(when: str) -> dict[str, float]:
+    peak = matmul_peak()
+    log(f'reference peak ({when}): float32 NumPy {peak["numpy_flops_per_s"] / 1e9:.1f} GFLOP/s, '
+        f'jnp.dot {peak["jax_flops_per_s"] / 1e9:.1f} GFLOP/s; bfloat16 jnp.dot '
+        f'{peak["bf16_peak_flops_per_s"] / 1e9:.1f} GFLOP/s ({jax.devices()[0].platform})')
+    return peak
+
+  peak = measure_peak('start; the MFUs below are against it until the end')
   dataset_dir = data_benchmark.synthetic_dataset_dir(workdir)
   artifacts = pipeline.load_artifacts(dataset_dir)
   data_rate = data_benchmark.pipeline_throughput(
@@ -266,7 +288,11 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
       memory.append(training_memory('finedual', remat=remat))
       log(f'paper FineDual, batch 32, T=300, remat={remat}: '
           f'{memory[-1]["bytes"] / 2**30:.1f} GiB (target: fits in 16 GiB)')
-  return {'machine': data_benchmark.machine_info(), 'peak': peak, 'pipeline': data_rate,
+  peaks = [peak, measure_peak('end')]
+  peak = best_peak(peaks)
+  _against(training + sampling, peak)
+  return {'machine': data_benchmark.machine_info(), 'peak': peak, 'peak_measurements': peaks,
+          'pipeline': data_rate,
           'training': training, 'sampling': sampling, 'paper_memory': memory,
           'targets': {'train_mfu': TRAIN_MFU_TARGETS, 'sampling_mfu': SAMPLING_MFU_TARGET,
                       'data_wait_fraction': 0.05}}
