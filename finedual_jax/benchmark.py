@@ -21,7 +21,9 @@ In one run it measures:
   waiting for data when the step runs inside the trainer's loop on real batches;
 * sampling: one full DDIM run (50 steps, all guidance branches in one forward pass) at T = 300
   for batches of 1, 4 and 32: seconds per batch and MFU;
-* the input pipeline's examples/s at T = 300.
+* the input pipeline's examples/s at T = 300;
+* with ``--profile_dir``, where each training step's time goes: two steps traced with
+  ``jax.profiler`` and their op time split by model component (``finedual_jax/profiling.py``).
 
 It prints a table last and writes every figure to ``--out``. On a GPU/TPU machine run the same
 command there (``pip install -U "jax[cuda12]"`` or ``"jax[tpu]"`` first); the reference peaks
@@ -34,6 +36,7 @@ exponentials of softmax/SiLU or random-bit generation, which also take time on a
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import time
 from typing import Any, Sequence
@@ -41,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from finedual_jax import host_memory
+from finedual_jax import profiling
 from finedual_jax.data import benchmark as data_benchmark
 from finedual_jax.data import pipeline
 
@@ -236,9 +240,10 @@ def bench_configs(models: Sequence[str], sizes: Sequence[str], *,
 def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
         sample_batches: Sequence[int], sample_length: int, ddim_steps: int,
         pipeline_batches: int, train_seconds: float = 3.0, memory_check: bool = False,
-        log=print) -> dict[str, Any]:
+        profile_dir: str | None = None, log=print) -> dict[str, Any]:
   """Measures every (size label, config) of ``configs``; sampling for the 'bench' size, or for
-  every config when none is 'bench'."""
+  every config when none is 'bench'. With ``profile_dir``, each training step is also traced
+  into ``profile_dir/<model>_<size>`` and its op time broken down by component."""
   import jax
 
   def measure_peak(when: str) -> dict[str, float]:
@@ -260,8 +265,10 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
   for size, config in configs:
     model = config.model.name
     since_model = data_benchmark.reset_peak_rss()
+    trace_dir = None if profile_dir is None else os.path.join(profile_dir, f'{model}_{size}')
     result = data_benchmark.train_step_throughput(config, artifacts, num_steps=train_steps,
-                                                  warmup=2, min_seconds=train_seconds)
+                                                  warmup=2, min_seconds=train_seconds,
+                                                  profile_dir=trace_dir)
     # Peak host memory while this model compiled and trained (with what earlier models left
     # resident), or since process start where the OS cannot reset the peak.
     dtype = config.model.get('compute_dtype', 'float32')
@@ -274,6 +281,8 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
     log(f'train {model}/{size}: {result["median_step_s"] * 1e3:.0f} ms/step, '
         f'{result["examples_per_s"]:.1f} examples/s, {result["flops_per_step"] / 1e9:.1f} '
         f'GFLOP, MFU {result["mfu"]:.1%}, data wait {result["data_wait_fraction"]:.1%}')
+    if result['profile'] is not None:
+      log(profiling.format_components(f'profile {model}/{size}', result['profile']))
     if size == 'bench' or sample_all:
       for r in sampling_throughput(config, artifacts, batch_sizes=sample_batches,
                                    length=min(sample_length, config.data.max_len),
@@ -318,6 +327,10 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(f'{_label(r):<22}{r["median_step_s"] * 1e3:>9.0f}'
                  f'{r["examples_per_s"]:>8.1f}{r["flops_per_step"] / 1e9:>9.1f}'
                  f'{r["mfu"]:>7.1%}{r["data_wait_fraction"]:>7.1%}{(memory or 0) / 2**20:>12.0f}')
+  for r in report['training']:
+    if r.get('profile'):
+      lines.append(profiling.format_components(f'where {_label(r)} spends its step',
+                                               r['profile']))
   for r in report.get('paper_memory', []):
     lines.append(f'paper FineDual B={r["batch"]} T={r["max_len"]} remat={r["remat"]}: '
                  f'{r["bytes"] / 2**30:.1f} GiB')
@@ -359,6 +372,10 @@ def main() -> None:
       'config', None, 'Measure this experiment config (with --config.FIELD=VALUE overrides) '
       'instead of --models x --sizes; its batch, length and devices are used as given.',
       lock_config=True)
+  profile_dir = flags.DEFINE_string(
+      'profile_dir', None, 'Also trace two training steps per model into this folder '
+      '(<model>_<size>/, for TensorBoard/XProf/Perfetto) and print where their op time goes '
+      'by model component (attention, feed-forward, graph, losses, optimizer, ...).')
   memory_check = flags.DEFINE_bool(
       'memory_check', False, 'Also compile (not run) the paper-scale FineDual step at batch 32, '
       'T=300, with and without remat, and report its device memory. On CPU XLA\'s memory '
@@ -382,7 +399,8 @@ def main() -> None:
                  train_steps=train_steps.value, train_seconds=train_seconds.value,
                  sample_batches=batches,
                  sample_length=sample_length.value, ddim_steps=ddim_steps.value,
-                 pipeline_batches=pipeline_batches.value, memory_check=memory_check.value)
+                 pipeline_batches=pipeline_batches.value, memory_check=memory_check.value,
+                 profile_dir=profile_dir.value)
     print(f'wrote {data_benchmark.write_json(out.value, report)}')
     print(format_table(report), flush=True)
     sys.stdout.flush()

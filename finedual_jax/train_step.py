@@ -83,12 +83,13 @@ def _make_loss(model: nn.Module, schedule: Schedule, *, mean: jax.Array, std: ja
     pred, aux = precision.apply(model, params, x_t, t, batch[batch_lib.MASK],
                                 *batch_lib.text_inputs(batch), drop_overall, drop_individual,
                                 dtype=compute_dtype, deterministic=deterministic, rngs=rngs)
-    extra = auxiliary_losses(aux, x0, batch[batch_lib.MASK], drop_overall, drop_individual,
-                             mean, std, weights, nce_temperature)
-    # Weighted terms the model cannot produce (a baseline has no aux) are left out.
-    usable = {k: v for k, v in weights.items() if k in losses_lib.MOTION_TERMS or k in extra}
-    terms = losses_lib.training_losses(pred, x0, batch[batch_lib.MASK], t, mean, std, usable,
-                                       geometric_max_t, extra)
+    with jax.named_scope('losses'):  # A name for profiles (finedual_jax/profiling.py).
+      extra = auxiliary_losses(aux, x0, batch[batch_lib.MASK], drop_overall, drop_individual,
+                               mean, std, weights, nce_temperature)
+      # Weighted terms the model cannot produce (a baseline has no aux) are left out.
+      usable = {k: v for k, v in weights.items() if k in losses_lib.MOTION_TERMS or k in extra}
+      terms = losses_lib.training_losses(pred, x0, batch[batch_lib.MASK], t, mean, std, usable,
+                                         geometric_max_t, extra)
     return terms['total'], terms
 
   return loss
@@ -162,18 +163,20 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule
       grads, terms = jax.tree.map(lambda x: x / grad_accum_steps, (grads, terms))
     grads = jax.lax.pmean(grads, parallel.DATA_AXIS)
     terms = jax.lax.pmean(terms, parallel.DATA_AXIS)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = train_state_lib.ema_update(
-        state.ema_params, params, train_state_lib.ema_decay_at(state.step, ema_decay))
-    # The values are averaged over devices, so every device makes the same choice.
-    finite = jnp.isfinite(terms['total']) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = state.replace(
-        step=state.step + 1, params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state), ema_params=keep(ema_params, state.ema_params),
-        skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+    with jax.named_scope('optimizer'):  # A name for profiles (finedual_jax/profiling.py).
+      grad_norm = optax.tree.norm(grads)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      ema_params = train_state_lib.ema_update(
+          state.ema_params, params, train_state_lib.ema_decay_at(state.step, ema_decay))
+      # The values are averaged over devices, so every device makes the same choice.
+      finite = jnp.isfinite(terms['total']) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      new_state = state.replace(
+          step=state.step + 1, params=keep(params, state.params),
+          opt_state=keep(opt_state, state.opt_state),
+          ema_params=keep(ema_params, state.ema_params),
+          skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
     metrics = dict(terms, grad_norm=grad_norm, update_skipped=(~finite).astype(jnp.int32),
                    skipped_steps=new_state.skipped_steps)
     return new_state, metrics

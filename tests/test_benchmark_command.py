@@ -50,7 +50,8 @@ def tiny_report(workdir):
     report = benchmark.run(
         configs=benchmark.bench_configs(['intergen'], ['tiny']), workdir=str(workdir),
         train_steps=10, train_seconds=1.0, sample_batches=[1, 2], sample_length=16,
-        ddim_steps=3, pipeline_batches=2, log=lines.append)
+        ddim_steps=3, pipeline_batches=2, profile_dir=str(workdir / 'profiles'),
+        log=lines.append)
   return report, lines
 
 
@@ -89,6 +90,23 @@ def test_tiny_run_reports_every_figure(tiny_report):
   table = benchmark.format_table(report)
   assert 'intergen/tiny' in table and 'sampling (DDIM)' in table
   assert any(line.startswith('train intergen/tiny') for line in lines)
+
+
+def test_profile_dir_breaks_each_training_step_down_by_component(tiny_report, workdir):
+  report, lines = tiny_report
+  profile = report['training'][0]['profile']
+  parts = profile['components']
+  # InterGen's blocks: attention and its projections, feed-forward, AdaLN; the step's named
+  # scopes: losses and optimizer. It has no graph and no distance predictor.
+  for name in ('attention projections', 'attention', 'feed-forward', 'AdaLN', 'text encoder',
+               'losses', 'optimizer'):
+    assert parts[name] > 0, name
+  assert parts['interaction graph'] == 0 and parts['distance predictor'] == 0
+  assert sum(parts.values()) == pytest.approx(profile['op_seconds_per_call'])
+  assert profile['trace_dir'] == str(workdir / 'profiles' / 'intergen_tiny')
+  assert list((workdir / 'profiles' / 'intergen_tiny').glob('**/*.xplane.pb'))
+  assert any(line.startswith('profile intergen/tiny: ') for line in lines)
+  assert 'where intergen/tiny spends its step: ' in benchmark.format_table(report)
 
 
 def test_training_flops_do_not_count_what_remat_recomputes(tiny_report, workdir):

@@ -116,7 +116,8 @@ def model_flops(build: Callable[[], Any], *args) -> float:
 
 
 def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: int = 10,
-                          warmup: int = 2, min_seconds: float = 3.0) -> dict[str, Any]:
+                          warmup: int = 2, min_seconds: float = 3.0,
+                          profile_dir: str | pathlib.Path | None = None) -> dict[str, Any]:
   """Examples/s the compiled training step consumes at ``config`` on this machine's devices.
 
   The step is built as the trainer builds it. Compute alone: one pre-placed batch over and
@@ -124,6 +125,8 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
   placing the next batch while the step runs. The two alternate after ``warmup`` steps, at
   least ``num_steps`` of each and more until the compute steps add up to ``min_seconds``;
   returns the median step times and the data wait (what the loop adds to compute alone).
+  With ``profile_dir``, two more compute steps are traced there and ``profile`` says where
+  their time went (``finedual_jax.profiling``: op time by model component).
   """
   import jax  # Kept out of module import so pipeline measurements run without JAX loaded.
 
@@ -218,6 +221,15 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
                                  'non-finite loss.')
   finally:
     pipeline.stop_reading_ahead(batches)
+  profile = None
+  if profile_dir is not None:
+    from finedual_jax import profiling
+    holder = [state]
+
+    def traced_step():
+      holder[0], _ = compute_step(holder[0])
+
+    profile = profiling.profile_components(compiled, (), trace_dir=profile_dir, call=traced_step)
   median = statistics.median(times)
   loop_median = statistics.median(loop_times)
   return {
@@ -245,6 +257,7 @@ def train_step_throughput(config, artifacts: pipeline.Artifacts, *, num_steps: i
       'data_in_memory': bool(records),  # The loop read decoded records (data.in_memory).
       'read_ahead': int(data.read_ahead),  # Batches read ahead on a low-priority thread.
       'final_loss': loss,
+      'profile': profile,  # Op time by component (profile_dir given), else None.
   }
 
 

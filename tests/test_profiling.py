@@ -1,0 +1,77 @@
+"""Op time by model component from a jax.profiler trace (finedual_jax/profiling.py)."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from finedual_jax import profiling
+
+# op_name metadata as XLA:CPU's compiled FineDual step carries it.
+STEP = 'jit(step)/transpose(jvp(FineDualDenoiser))'
+
+
+@pytest.mark.parametrize('op_name, want', [
+    (f'{STEP}/interaction_0/self_attn/query/dot_general', 'attention projections'),
+    (f'{STEP}/individual_1/cross_attn/out/dot_general', 'attention projections'),
+    ('jit(step)/(psum_invariant:transpose(jvp(FineDualDenoiser))/individual_0/cross_attn/key/'
+     'psum_invariant)', 'attention projections'),
+    (f'{STEP}/interaction_0/self_attn/while/body/closed_call/bqhd,bkhd->bhqk/dot_general',
+     'attention'),
+    ('jit(step)/jvp(FineDualDenoiser)/block_3/self_attn/dot_product_attention/exp', 'attention'),
+    (f'{STEP}/refinement_1/ffn/Dense_1/dot_general', 'feed-forward'),
+    (f'{STEP}/interaction_2/ln_cross/mul', 'AdaLN'),
+    (f'{STEP}/graph/round_1/msg_out/dot_general', 'interaction graph'),
+    (f'{STEP}/part_tokens/dot_general', 'interaction graph'),
+    (f'{STEP}/distance/pair_hidden/dot_general', 'distance predictor'),
+    (f'{STEP}/text/text_encoder/attn_1/query/dot_general', 'text encoder'),
+    ('jit(step)/transpose(jvp(losses))/reduce_sum', 'losses'),
+    ('jit(step)/optimizer/mul', 'optimizer'),
+    (f'{STEP}/head/proj/dot_general', 'other'),
+    ('jit(step)/jvp()/sub', 'other'),
+])
+def test_each_op_name_maps_to_its_component(op_name, want):
+  assert profiling.component(op_name) == want
+
+
+def test_instruction_names_are_read_from_the_program_text():
+  text = '''
+  %ynn_fusion.12 = f32[7200,512]{1,0} fusion(%p), kind=kCustom, metadata={op_name="a/ffn/dot"}
+  ROOT %bitcast_dynamic-update-slice_fusion.2 = f32[4]{0} fusion(%q), metadata={op_name="b/x"}
+  %constant.1 = f32[] constant(0)
+'''
+  assert profiling.instruction_op_names(text) == {
+      'ynn_fusion.12': 'a/ffn/dot', 'bitcast_dynamic-update-slice_fusion.2': 'b/x'}
+
+
+def test_a_traced_program_is_broken_down_by_its_name_scopes(tmp_path):
+  def program(x, w):
+    with jax.named_scope('ffn'):
+      h = jnp.tanh(x @ w) @ w.T
+    with jax.named_scope('losses'):
+      # h is an output too: otherwise XLA fuses everything into one instruction, which counts
+      # for the component of its root (the loss's reduction).
+      return h, jnp.mean(jnp.square(h - x))
+
+  x, w = jnp.ones((512, 256)), jnp.full((256, 1024), 0.01)
+  compiled = jax.jit(program).lower(x, w).compile()
+  profile = profiling.profile_components(compiled, (x, w), trace_dir=tmp_path / 'trace',
+                                         calls=3, top=3)
+  components = profile['components']
+  assert set(components) == set(profiling.COMPONENTS)
+  assert components['feed-forward'] > 0 and components['losses'] > 0
+  assert sum(components.values()) == pytest.approx(profile['op_seconds_per_call'])
+  # The two products dominate, and the top instructions say where they came from.
+  assert components['feed-forward'] > components['losses']
+  assert len(profile['top_ops']) <= 3
+  assert profile['top_ops'][0]['component'] == 'feed-forward'
+  assert list((tmp_path / 'trace').glob('**/*.xplane.pb'))  # Kept for TensorBoard/XProf.
+  line = profiling.format_components('program', profile)
+  assert line.startswith('program: ') and 'feed-forward' in line
+
+
+def test_missing_traces_and_bad_call_counts_are_named(tmp_path):
+  with pytest.raises(FileNotFoundError, match='no \\*.xplane.pb under'):
+    profiling.event_times(tmp_path, {'x'})
+  compiled = jax.jit(lambda x: x + 1).lower(jnp.ones(3)).compile()
+  with pytest.raises(ValueError, match='calls must be >= 1, found 0'):
+    profiling.profile_components(compiled, (jnp.ones(3),), trace_dir=tmp_path, calls=0)
