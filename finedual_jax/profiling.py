@@ -51,6 +51,11 @@ def component(op_name: str) -> str:
     return 'losses'
   if 'text' in scopes or 'text_encoder' in scopes:
     return 'text encoder'
+  # Before the blocks' parts: these modules have LayerNorms ('ln_in') of their own.
+  if {'graph', 'part_tokens', 'graph_out'} & set(scopes):
+    return 'interaction graph'
+  if 'distance' in scopes:
+    return 'distance predictor'
   for i, scope in enumerate(scopes):
     if _ATTENTION_SCOPE.match(scope):
       following = scopes[i + 1] if i + 1 < len(scopes) else ''
@@ -59,10 +64,6 @@ def component(op_name: str) -> str:
     return 'feed-forward'
   if any(scope.startswith('ln_') for scope in scopes):
     return 'AdaLN'
-  if {'graph', 'part_tokens', 'graph_out'} & set(scopes):
-    return 'interaction graph'
-  if 'distance' in scopes:
-    return 'distance predictor'
   return 'other'
 
 

@@ -23,6 +23,8 @@ STEP = 'jit(step)/transpose(jvp(FineDualDenoiser))'
     (f'{STEP}/graph/round_1/msg_out/dot_general', 'interaction graph'),
     (f'{STEP}/part_tokens/dot_general', 'interaction graph'),
     (f'{STEP}/distance/pair_hidden/dot_general', 'distance predictor'),
+    (f'{STEP}/distance/ln_in/mul', 'distance predictor'),  # Not AdaLN.
+    (f'{STEP}/graph/round_0/ln/reduce_sum', 'interaction graph'),
     (f'{STEP}/text/text_encoder/attn_1/query/dot_general', 'text encoder'),
     ('jit(step)/transpose(jvp(losses))/reduce_sum', 'losses'),
     ('jit(step)/optimizer/mul', 'optimizer'),
