@@ -101,20 +101,18 @@ def _attention_fwd(q, k, v, mask, rng, scale, rate, chunk):
 
   indices = jnp.arange(q.shape[0] // chunk)
   out, lse, keep = jax.lax.map(body, (indices, *(_split(x, chunk) for x in (q, k, v, mask))))
-  out = _merge(out)
-  return out, (q, k, v, mask, keep, out, lse)
+  # keep, out and lse stay stacked per chunk, as the backward loop reads them.
+  return _merge(out), (q, k, v, mask, keep, out, lse)
 
 
 def _attention_bwd(scale, rate, chunk, residuals, d_out):
   q, k, v, mask, keep, out, lse = residuals
 
-  def body(args):
-    qc, kc, vc, mc, keep_c, out_c, lse_c, d_out_c = args
-    return _backward_chunk(qc, kc, vc, mc, keep_c, out_c, lse_c, d_out_c, scale=scale,
-                           rate=rate)
+  def body(args):  # (q, k, v, mask, keep, out, lse, d_out) of one chunk.
+    return _backward_chunk(*args, scale=scale, rate=rate)
 
   chunks = [_split(x, chunk) for x in (q, k, v, mask)]
-  grads = jax.lax.map(body, (*chunks, keep, _split(out, chunk), lse, _split(d_out, chunk)))
+  grads = jax.lax.map(body, (*chunks, keep, out, lse, _split(d_out, chunk)))
   d_q, d_k, d_v = (_merge(g) for g in grads)
   return d_q, d_k, d_v, None, None
 
