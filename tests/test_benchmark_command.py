@@ -103,6 +103,14 @@ def test_profile_dir_breaks_each_training_step_down_by_component(tiny_report, wo
     assert parts[name] > 0, name
   assert parts['interaction graph'] == 0 and parts['distance predictor'] == 0
   assert sum(parts.values()) == pytest.approx(profile['op_seconds_per_call'])
+  # Matrix products by component: the step's dots, counted per run, come to about the FLOPs
+  # of XLA's cost analysis (which also counts element-wise work, with textbook attention).
+  flops = profile['flops_per_call']
+  for name in ('attention projections', 'attention', 'feed-forward', 'text encoder'):
+    assert flops[name] > 0, name
+  assert flops['losses'] == flops['optimizer'] == flops['interaction graph'] == 0
+  step_flops = report['training'][0]['flops_per_step']
+  assert 0.8 * step_flops < sum(flops.values()) < 1.3 * step_flops
   assert profile['trace_dir'] == str(workdir / 'profiles' / 'intergen_tiny')
   assert list((workdir / 'profiles' / 'intergen_tiny').glob('**/*.xplane.pb'))
   assert any(line.startswith('profile intergen/tiny: ') for line in lines)
