@@ -31,6 +31,7 @@ are not counted twice; that path has not been run on a GPU yet.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import pathlib
 import re
@@ -113,14 +114,13 @@ def instruction_flops(hlo_text: str) -> dict[str, float]:
     elif callees and opcode not in ('while', 'call', 'conditional'):
       candidates.append((name, 0.0, callees))
 
-  def total(comp: str, seen: frozenset[str]) -> float:
-    if comp in seen:
-      return 0.0
-    return own.get(comp, 0.0) + sum(total(c, seen | {comp}) for c in calls.get(comp, ()))
+  @functools.cache
+  def total(comp: str) -> float:  # HLO's call graph has no cycles.
+    return own.get(comp, 0.0) + sum(total(c) for c in calls.get(comp, ()))
 
   result = {}
   for name, flops, callees in candidates:
-    value = flops + sum(total(c, frozenset()) for c in callees)
+    value = flops + sum(total(c) for c in callees)
     if value:
       result[name] = value
   return result
@@ -147,15 +147,10 @@ def _dot_flops(name: str, shapes: dict[str, list[int] | None], operands: str,
   return 2.0 * size * math.prod(out)
 
 
-def event_times(trace_dir: str | pathlib.Path, names: set[str]) -> dict[str, int]:
-  """Nanoseconds per event name over the trace in ``trace_dir``, for events named in
-  ``names``; only device planes where the trace has any (GPU/TPU), else the host's."""
-  return {name: ns for name, (ns, _) in event_stats(trace_dir, names).items()}
-
-
 def event_stats(trace_dir: str | pathlib.Path, names: set[str]) -> dict[str, tuple[int, int]]:
-  """{event name: (nanoseconds, number of events)} over the trace in ``trace_dir``, as
-  ``event_times`` reads it; the count is how often the instruction ran."""
+  """{event name: (nanoseconds, number of events)} over the trace in ``trace_dir``, for events
+  named in ``names``; only device planes where the trace has any (GPU/TPU), else the host's.
+  The count is how often the instruction ran."""
   import jax
   paths = sorted(pathlib.Path(trace_dir).glob('**/*.xplane.pb'))
   if not paths:

@@ -128,7 +128,7 @@ def test_each_run_of_a_loop_body_counts_its_products(tmp_path):
 
 def test_missing_traces_and_bad_call_counts_are_named(tmp_path):
   with pytest.raises(FileNotFoundError, match='no \\*.xplane.pb under'):
-    profiling.event_times(tmp_path, {'x'})
+    profiling.event_stats(tmp_path, {'x'})
   compiled = jax.jit(lambda x: x + 1).lower(jnp.ones(3)).compile()
   with pytest.raises(ValueError, match='calls must be >= 1, found 0'):
     profiling.profile_components(compiled, (jnp.ones(3),), trace_dir=tmp_path, calls=0)
