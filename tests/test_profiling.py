@@ -132,3 +132,119 @@ def test_missing_traces_and_bad_call_counts_are_named(tmp_path):
   compiled = jax.jit(lambda x: x + 1).lower(jnp.ones(3)).compile()
   with pytest.raises(ValueError, match='calls must be >= 1, found 0'):
     profiling.profile_components(compiled, (jnp.ones(3),), trace_dir=tmp_path, calls=0)
+
+
+# A compiled GPU program's text in the style XLA prints it: cuBLAS GEMMs as custom calls (a
+# tuple of the result and a workspace), a Triton GEMM as a fusion, cuDNN's fused attention
+# forward and backward, and a loop whose body runs an element-wise fusion.
+GPU_PROGRAM = '''HloModule jit_step, entry_computation_layout={(f32[64,512]{1,0})->f32[64,512]{1,0}}
+
+%triton_gemm (t.0: f32[64,512], t.1: f32[512,256]) -> f32[64,256] {
+  %t.0 = f32[64,512]{1,0} parameter(0)
+  %t.1 = f32[512,256]{1,0} parameter(1)
+  ROOT %dot.7 = f32[64,256]{1,0} dot(%t.0, %t.1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%body (b.0: (s32[], f32[64,512])) -> (s32[], f32[64,512]) {
+  %b.0 = (s32[], f32[64,512]{1,0}) parameter(0)
+  %loop_add_fusion = f32[64,512]{1,0} fusion(%b.0), kind=kLoop, calls=%add, metadata={op_name="jit(step)/optimizer/add"}
+}
+
+%cond (c.0: (s32[], f32[64,512])) -> pred[] {
+  %c.0 = (s32[], f32[64,512]{1,0}) parameter(0)
+  ROOT %compare.1 = pred[] compare(%c.0, %c.0), direction=LT
+}
+
+ENTRY %main (x: f32[64,512], w: f32[512,512], q: bf16[4,300,8,64]) -> f32[64,512] {
+  %x = f32[64,512]{1,0} parameter(0)
+  %w = f32[512,512]{1,0} parameter(1)
+  %q = bf16[4,300,8,64]{3,2,1,0} parameter(2)
+  %custom-call.1 = (f32[64,512]{1,0}, s8[4194304]{0}) custom-call(f32[64,512]{1,0} %x, f32[512,512]{1,0} %w), custom_call_target="__cublas$gemm", metadata={op_name="jit(step)/jvp(FineDualDenoiser)/block_0/ffn/Dense_0/dot_general"}, backend_config={"operation_queue_id":"0","gemm_backend_config":{"alpha_real":1,"beta":0,"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]},"epilogue":"DEFAULT"}}
+  %custom-call.2 = (f32[512,512]{1,0}, s8[0]{0}) custom-call(%x, %x), custom_call_target="__cublas$lt$matmul", metadata={op_name="jit(step)/transpose(jvp(FineDualDenoiser))/block_0/self_attn/query/dot_general"}, backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["0"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}
+  %gemm_fusion.3 = f32[64,256]{1,0} fusion(%x, %w), kind=kCustom, calls=%triton_gemm, metadata={op_name="jit(step)/jvp(FineDualDenoiser)/graph/msg/dot_general"}, backend_config={"fusion_backend_config":{"kind":"__triton_gemm"}}
+  %custom-call.4 = (bf16[4,300,8,64]{3,2,1,0}, f32[4,8,300]{2,1,0}, u8[0]{0}) custom-call(bf16[4,300,8,64]{3,2,1,0} %q, bf16[4,300,8,64]{3,2,1,0} %q, bf16[4,300,8,64]{3,2,1,0} %q), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(step)/jvp(FineDualDenoiser)/block_0/self_attn/dot_product_attention/fmha"}, backend_config={"cudnn_fmha_backend_config":{"fmha_scale":0.125,"intermediate_tensor_shape":{"element_type":"BF16","dimensions":["4","8","300","300"],"tuple_shapes":[]},"bmm1_dot_dimension_numbers":{"lhs_contracting_dimensions":["3"],"rhs_contracting_dimensions":["3"],"lhs_batch_dimensions":["0","2"],"rhs_batch_dimensions":["0","2"]}}}
+  %custom-call.5 = (bf16[4,300,8,64]{3,2,1,0}, bf16[4,300,8,64]{3,2,1,0}, bf16[4,300,8,64]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q, %custom-call.4), custom_call_target="__cudnn$fmhaSoftmaxBackward", metadata={op_name="jit(step)/transpose(jvp(FineDualDenoiser))/block_0/self_attn/dot_product_attention/fmha"}, backend_config={"cudnn_fmha_backend_config":{"intermediate_tensor_shape":{"element_type":"BF16","dimensions":["4","8","300","300"]}}}
+  %while.1 = (s32[], f32[64,512]{1,0}) while(%x), condition=%cond, body=%body, metadata={op_name="jit(step)/optimizer/while"}
+  ROOT %add.2 = f32[64,512]{1,0} add(%x, %x), metadata={op_name="jit(step)/jvp(losses)/add"}
+}
+'''
+
+
+def test_gpu_library_products_are_counted():
+  flops = profiling.instruction_flops(GPU_PROGRAM)
+  assert flops['custom-call.1'] == 2 * 64 * 512 * 512    # cuBLAS, inline operand shapes.
+  assert flops['custom-call.2'] == 2 * 512 * 512 * 64    # cuBLASLt, x^T x: contracts the rows.
+  assert flops['gemm_fusion.3'] == 2 * 64 * 256 * 512    # Triton: the dot in its computation.
+  scores = 4 * 8 * 300 * 300
+  assert flops['custom-call.4'] == 2 * scores * (64 + 64)          # QK^T and PV.
+  assert flops['custom-call.5'] == 2 * scores * (3 * 64 + 2 * 64)  # Five products backward.
+  assert {'while.1', 'add.2', 'loop_add_fusion'}.isdisjoint(flops)
+  unreadable = GPU_PROGRAM.replace('"lhs_contracting_dimensions":["0"]', '"lhs_contracting_dimensions":["7"]')
+  with pytest.raises(ValueError, match="cannot read the shapes of GEMM 'custom-call.2'"):
+    profiling.instruction_flops(unreadable)
+  no_scores = GPU_PROGRAM.replace('"intermediate_tensor_shape":{"element_type":"BF16","dimensions"', '"x":{"y"')
+  with pytest.raises(ValueError, match="fused attention 'custom-call.4'"):
+    profiling.instruction_flops(no_scores)
+
+
+def test_loop_bodies_and_branches_are_the_repeated_instructions():
+  text = GPU_PROGRAM.replace(
+      '  ROOT %add.2', '  %conditional.1 = f32[2]{0} conditional(%p, %x, %x), '
+      'branch_computations={%triton_gemm, %cond}\n  ROOT %add.2')
+  assert profiling.repeated_instructions(GPU_PROGRAM) == {'b.0', 'loop_add_fusion', 'c.0',
+                                                          'compare.1'}
+  assert profiling.repeated_instructions(text) == {
+      'b.0', 'loop_add_fusion', 'c.0', 'compare.1', 't.0', 't.1', 'dot.7'}
+
+
+def _write_trace(directory, planes: str):
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / 'host.xplane.pb').write_bytes(
+      jax.profiler.ProfileData.text_proto_to_serialized_xspace(planes))
+
+
+def _events(line_name: str, events: list[tuple[str, int, dict[str, str]]]) -> str:
+  """A text-proto XPlane line: events (kernel name, duration in µs, {stat: value})."""
+  lines = [f'lines {{ id: 1 name: "{line_name}"']
+  for i, (name, micros, stats) in enumerate(events):
+    stat = ' '.join(f'stats {{ metadata_id: {["hlo_op", "hlo_module"].index(k) + 1} '
+                    f'str_value: "{v}" }}' for k, v in stats.items())
+    lines.append(f'  events {{ metadata_id: {100 + i} offset_ps: {i * 10**9} '
+                 f'duration_ps: {micros * 10**6} {stat} }}')
+  lines.append('}')
+  lines += [f'event_metadata {{ key: {100 + i} value {{ id: {100 + i} name: "{name}" }} }}'
+            for i, (name, _, _) in enumerate(events)]
+  lines += ['stat_metadata { key: 1 value { id: 1 name: "hlo_op" } }',
+            'stat_metadata { key: 2 value { id: 2 name: "hlo_module" } }']
+  return '\n'.join(lines)
+
+
+def test_a_gpu_trace_is_read_from_its_kernels_hlo_op_statistics(tmp_path):
+  # Two calls. Each ran the cuBLAS GEMM as two kernels (split K), the fused attention, and a
+  # loop whose body ran three times; a kernel of another program and the host's launch events
+  # must not count.
+  op = lambda name, module='jit_step': {'hlo_op': name, 'hlo_module': module}
+  kernels = []
+  for _ in range(2):
+    kernels += [('sm90_xmma_gemm_f32f32_splitk', 30, op('custom-call.1')),
+                ('splitKreduce_kernel', 2, op('custom-call.1')),
+                ('cudnn_generated_fort_native_sdpa', 40, op('custom-call.4')),
+                ('triton_gemm_fusion', 8, op('gemm_fusion.3')),
+                ('other_program_kernel', 500, op('custom-call.1', 'jit_other'))]
+    kernels += [('loop_add_fusion', 1, op('loop_add_fusion'))] * 3
+  host = _events('tf_pjrt_thread', [('custom-call.1', 1000, {})])
+  _write_trace(tmp_path, f'planes {{ id: 1 name: "/device:GPU:0"\n'
+                         f'{_events("Stream #7(Compute)", kernels)} }}\n'
+                         f'planes {{ id: 2 name: "/host:CPU"\n{host} }}')
+  profile = profiling.summarize(GPU_PROGRAM, tmp_path, calls=2)
+  assert profile['op_seconds_per_call'] == pytest.approx((30 + 2 + 40 + 8 + 3) * 1e-6)
+  assert profile['components']['feed-forward'] == pytest.approx(32e-6)
+  assert profile['components']['attention'] == pytest.approx(40e-6)
+  assert profile['components']['optimizer'] == pytest.approx(3e-6)
+  flops = profile['flops_per_call']
+  assert flops['feed-forward'] == 2 * 64 * 512 * 512  # Once per call, not once per kernel.
+  assert flops['attention'] == 2 * (4 * 8 * 300 * 300) * 128
+  assert flops['interaction graph'] == 2 * 64 * 256 * 512
+  assert profile['top_ops'][0]['name'] == 'custom-call.4'
+  line = profiling.format_components('gpu', profile)
+  assert f'feed-forward 39% ({2 * 64 * 512 * 512 / 32e-6 / 1e9:.3g} GFLOP/s)' in line
