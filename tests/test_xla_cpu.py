@@ -2,6 +2,8 @@
 the products that crashed oneDNN's fused partitions compile, and that the sampler uses them and
 agrees with XLA's own kernels."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,9 @@ from finedual_jax import generation
 from finedual_jax import trainer
 from finedual_jax import xla_cpu
 from finedual_jax.diffusion.schedule import Schedule
+from finedual_jax.evaluation import evaluator as evaluator_lib
+from finedual_jax.evaluation import evaluator_files
+from finedual_jax.evaluation import evaluator_trainer
 from finedual_jax.models.factory import build_model
 
 
@@ -85,3 +90,26 @@ def test_a_persistent_compilation_cache_gets_programs_it_can_store(monkeypatch, 
     jax.config.update('jax_compilation_cache_dir', previous)
   assert with_cache == (xla_cpu.ONEDNN_DOTS if storable else None)
   assert xla_cpu.forward_compiler_options() == xla_cpu.ONEDNN_DOTS  # The cache off again.
+
+
+def test_the_evaluators_embeddings_run_on_onednn_and_agree_with_xla(monkeypatch):
+  monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
+  model = evaluator_lib.InterCLIP(**evaluator_lib.tiny_config())
+  rng = np.random.default_rng(0)
+  features = rng.normal(size=(3, 10, 2, 262)).astype(np.float32)
+  mask = (np.arange(10)[None] < np.array([[10], [4], [1]])).astype(np.float32)
+  tokens = np.zeros((3, 16), np.int32)
+  tokens[:, :3] = [62, 5, model.end_token]
+  params = jax.jit(model.init)(jax.random.key(0), features, mask, tokens)['params']
+  loaded = evaluator_files.Evaluator(pathlib.Path('in-memory'), model, params, 'test',
+                                     lambda texts: tokens[:len(texts)], {}, batch_size=2)
+  compiled = [loaded._motion_fn.lower(params, features[:2], mask[:2]).compile(),
+              loaded._text_fn.lower(params, tokens[:2]).compile(),
+              evaluator_trainer.make_embed_fn(model).lower(params, features, mask,
+                                                           tokens).compile()]
+  assert all('__onednn_fusion' in c.as_text() for c in compiled)
+  want_motion, want_text = jax.jit(model.apply)({'params': params}, features, mask, tokens)
+  np.testing.assert_allclose(loaded.embed_motions(features, mask), want_motion, rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(loaded.embed_texts(['a', 'b', 'c']), want_text, rtol=1e-4,
+                             atol=1e-4)

@@ -31,6 +31,7 @@ import optax
 
 from finedual_jax import checkpointing
 from finedual_jax import train_state as train_state_lib
+from finedual_jax import xla_cpu
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import pipeline
 from finedual_jax.data import tokenizer as tokenizer_lib
@@ -96,7 +97,8 @@ def make_train_step(model: evaluator_lib.InterCLIP, tx: optax.GradientTransforma
 
 def make_embed_fn(model: evaluator_lib.InterCLIP) -> Callable:
   """``fn(params, features, mask, tokens) -> (motion, text)`` in eval mode, compiled."""
-  return jax.jit(lambda p, f, m, t: model.apply({'params': p}, f, m, t))
+  return jax.jit(lambda p, f, m, t: model.apply({'params': p}, f, m, t),
+                 compiler_options=xla_cpu.forward_compiler_options())
 
 
 def embed_clips(apply: Callable, params: Any, clips: ground_truth.Clips, tokens: np.ndarray,

@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,6 +109,40 @@ def test_text_pools_at_the_end_token():
   changed[2, 1] = 7  # A real token of row 2.
   delta = np.abs(_text(model, params, changed) - _text(model, params, tokens))
   assert delta[2].max() > 1e-4 and delta[[0, 1, 3]].max() == 0
+
+
+class _FlaxEncoderLayer(nn.Module):
+  """The encoder layer written with flax's own attention and dense modules (the reference)."""
+  num_heads: int
+  ff_dim: int
+
+  @nn.compact
+  def __call__(self, x, attn_mask):
+    h = nn.MultiHeadDotProductAttention(self.num_heads, name='self_attn')(x, x, mask=attn_mask)
+    x = nn.LayerNorm(ev.LAYER_NORM_EPS, name='norm1')(x + h)
+    h = nn.gelu(nn.Dense(self.ff_dim, name='linear1')(x), approximate=False)
+    return nn.LayerNorm(ev.LAYER_NORM_EPS, name='norm2')(x + nn.Dense(x.shape[-1],
+                                                                      name='linear2')(h))
+
+
+def test_encoder_layer_computes_flax_modules_function_with_their_parameters():
+  # Its faster products (2-D dense layers, chunked attention on a CPU) change nothing else: the
+  # same parameter tree, outputs and gradients as flax's MultiHeadDotProductAttention and Dense.
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(3, 11, 32)), jnp.float32)
+  attn_mask = jnp.asarray(np.arange(11)[None, None, None, :] < np.array([11, 6, 1])[:, None,
+                                                                                  None, None])
+  ours, reference = ev.EncoderLayer(4, 48), _FlaxEncoderLayer(4, 48)
+  params = reference.init(jax.random.key(0), x, attn_mask)
+  assert (jax.tree.structure(ours.init(jax.random.key(0), x, attn_mask, deterministic=True))
+          == jax.tree.structure(params))
+  run = lambda p, x: ours.apply(p, x, attn_mask, deterministic=True)
+  np.testing.assert_allclose(run(params, x), reference.apply(params, x, attn_mask), atol=2e-5)
+  loss = lambda f: lambda p, x: jnp.sum(jnp.sin(f(p, x)))
+  want = jax.grad(loss(lambda p, x: reference.apply(p, x, attn_mask)), argnums=(0, 1))(params, x)
+  got = jax.grad(loss(run), argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_dropout_only_in_training():
