@@ -20,7 +20,6 @@ pairs, T = 300, width 512): see the README's Performance section.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -271,9 +270,8 @@ def main() -> None:
                        steps=steps.value)
     except (ValueError, RuntimeError) as e:
       raise app.UsageError(str(e)) from None
-    print(f'wrote {data_benchmark.write_json(out.value, result)}')
-    print(format_result(result), flush=True)
-    sys.stdout.flush()
+    print(format_result(result))
+    print(f'wrote {data_benchmark.write_json(out.value, result)}', flush=True)
 
   app.run(run)
 
