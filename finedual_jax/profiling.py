@@ -100,8 +100,10 @@ def instruction_flops(hlo_text: str) -> dict[str, float]:
   and cuDNN fused attention (its two products forward; five backward, the scores recomputed).
   ``while``/``call``/``conditional`` are left out: their bodies' instructions are traced as
   events of their own."""
-  program = _parse(hlo_text)
+  return _flops(_parse(hlo_text))
 
+
+def _flops(program: _Program) -> dict[str, float]:
   @functools.cache
   def total(comp: str) -> float:  # HLO's call graph has no cycles.
     return (sum(flops for _, flops, _ in program.instructions.get(comp, ()))
@@ -120,7 +122,10 @@ def repeated_instructions(hlo_text: str) -> set[str]:
   """The instructions that may run other than once per call of the program: those in the
   bodies and conditions of ``while`` loops and in ``conditional`` branches, nested calls
   included. The others run exactly once per call."""
-  program = _parse(hlo_text)
+  return _repeated(_parse(hlo_text))
+
+
+def _repeated(program: _Program) -> set[str]:
   reached, stack = set(), list(program.repeated_roots)
   while stack:
     comp = stack.pop()
@@ -140,7 +145,6 @@ class _Program(NamedTuple):
   repeated_roots: list[str]
 
 
-@functools.lru_cache(maxsize=4)
 def _parse(hlo_text: str) -> _Program:
   shapes: dict[str, list[int] | None] = {}
   instructions: dict[str, list] = collections.defaultdict(list)
@@ -286,8 +290,8 @@ def summarize(hlo_text: str, trace_dir: str | pathlib.Path, *, calls: int,
   per call; one inside ran as often as the trace saw it (on a GPU, where one instruction may
   launch several kernels, its products are counted once per kernel)."""
   op_names = instruction_op_names(hlo_text)
-  flops = instruction_flops(hlo_text)
-  repeated = repeated_instructions(hlo_text)
+  program = _parse(hlo_text)  # Once: a training step's text is megabytes.
+  flops, repeated = _flops(program), _repeated(program)
   module = re.match(r'\s*HloModule\s+([\w.\-]+)', hlo_text)
   stats = event_stats(trace_dir, set(op_names), module.group(1) if module else None)
   if not stats:
