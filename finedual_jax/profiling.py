@@ -18,7 +18,8 @@ of one module into a product of another, that time goes to the product's module.
 Each component's matrix-product FLOPs come from the same program text (``instruction_flops``:
 2 * output elements * contracted size for every ``dot``, also inside fusions such as
 XLA:CPU's YNNPACK and oneDNN calls and GPU Triton GEMMs; the same for cuBLAS/hipBLAS GEMM
-custom calls, and the products of cuDNN's fused attention) times the number of times each
+custom calls, and the products of cuDNN's fused attention and of this project's fused CPU
+attention) times the number of times each
 instruction ran: once per call, or, inside a loop or a conditional, as often as the trace saw
 it (a loop body's products run once per iteration). So each component also gets a rate: how
 close its products came to the machine's peak. Element-wise work counts no FLOPs.
@@ -54,6 +55,8 @@ _COMPUTATION = re.compile(r'^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
 _OPERAND = re.compile(r'(?:([a-z]\w*\[[\d,]*\])(?:\{[^}]*\})?\s+)?%?([A-Za-z_][\w.\-]*)')
 _GEMM_TARGET = re.compile(r'custom_call_target="__cublas\$(?:gemm|lt\$matmul)')
 _ATTENTION_TARGET = re.compile(r'custom_call_target="__cudnn\$fmha\w*')
+# This project's fused CPU attention (models/cpu_attention.py): [B, T, H, D] operands q, k, v.
+_CPU_ATTENTION_TARGET = re.compile(r'custom_call_target="finedual_attention_(forward|backward)"')
 
 
 def _scopes(op_name: str) -> list[str]:
@@ -197,6 +200,15 @@ def _product_flops(name: str, opcode: str, shapes: dict[str, list[int] | None], 
   """FLOPs of one execution of a product instruction (0 for any other): 2 * output elements *
   contracted size for a dot or GEMM; for fused attention 2 * the [batch, heads, q, k] score
   elements * the head sizes of the products it runs."""
+  cpu_attention = opcode == 'custom-call' and _CPU_ATTENTION_TARGET.search(attributes)
+  if cpu_attention:
+    dims = _operand_dims(operands, shapes)
+    if len(dims) < 3 or any(d is None or len(d) != 4 for d in dims[:3]):
+      raise ValueError(f'profiling: cannot read the shapes of fused attention {name!r} from the '
+                       f'program text (line: {line.strip()[:200]!r}).')
+    (batch, q_len, heads, qk), k_len, v = dims[0], dims[1][1], dims[2][-1]
+    backward = cpu_attention.group(1) == 'backward'
+    return 2.0 * batch * heads * q_len * k_len * ((3 * qk + 2 * v) if backward else (qk + v))
   attention = opcode == 'custom-call' and _ATTENTION_TARGET.search(attributes)
   if attention:
     scores = _numbers(r'"intermediate_tensor_shape":\s*\{.*?"dimensions":\s*\[([^\]]*)\]',

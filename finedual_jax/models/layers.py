@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from finedual_jax.models import chunked_attention
+from finedual_jax.models import cpu_attention
 from finedual_jax.models import dense
 from finedual_jax.models import dropout
 
@@ -62,7 +63,7 @@ class AdaLN(nn.Module):
     return normed * (1.0 + scale) + shift, gate
 
 
-IMPLEMENTATIONS = ('auto', 'chunked', 'xla')
+IMPLEMENTATIONS = ('auto', 'kernel', 'chunked', 'xla')
 _default_implementation = ['auto']
 
 
@@ -92,20 +93,31 @@ def attention(query, key, value, bias=None, mask=None, *, dropout_rng=None,
               implementation: str | None = None):
   """``attention_fn`` for flax's MultiHeadDotProductAttention.
 
-  ``implementation``: 'chunked' is ``chunked_attention`` (a few examples at a time with a
-  hand-written backward pass: 2-3x faster on CPU, where XLA runs the textbook
-  version as memory-bound passes over the whole score tensor); 'xla' is
+  ``implementation``: 'kernel' is ``cpu_attention`` (a fused C++ kernel for XLA:CPU, built on
+  first use; float32, head sizes a multiple of 16); 'chunked' is ``chunked_attention`` (a few
+  examples at a time with a hand-written backward pass: 2-3x faster on CPU than XLA's
+  textbook version, which runs as memory-bound passes over the whole score tensor); 'xla' is
   ``jax.nn.dot_product_attention`` without attention dropout (JAX may lower it to a fused
-  kernel, cuDNN's on GPU) and flax's implementation with it; 'auto' picks 'chunked' on CPU
-  and 'xla' elsewhere; None, the default, is 'auto' unless ``attention_implementation`` says
-  otherwise. All compute the same function. Every keyword flax may pass is named:
+  kernel, cuDNN's on GPU) and flax's implementation with it; 'auto' picks 'kernel' on CPU
+  where the kernel is available and supports the inputs, else 'chunked', and 'xla' elsewhere;
+  None, the default, is 'auto' unless ``attention_implementation`` says otherwise. All
+  compute the same function. Every keyword flax may pass is named:
   flax hands an ``attention_fn`` only the keywords its signature lists (``**kwargs`` would
   silently lose ``dropout_rng``).
   """
   implementation = _checked(implementation or _default_implementation[0])
   if implementation == 'auto':
-    implementation = 'chunked' if jax.default_backend() == 'cpu' else 'xla'
+    if jax.default_backend() != 'cpu':
+      implementation = 'xla'
+    elif (bias is None and cpu_attention.supports(query, key, value)
+          and cpu_attention.available()):
+      implementation = 'kernel'
+    else:
+      implementation = 'chunked'
   rate = 0.0 if deterministic else dropout_rate
+  if implementation == 'kernel' and bias is None:
+    return cpu_attention.dot_product_attention(query, key, value, mask,
+                                               dropout_rng=dropout_rng, dropout_rate=rate)
   if implementation == 'chunked' and bias is None:  # No block here passes an additive bias.
     return chunked_attention.dot_product_attention(query, key, value, mask,
                                                    dropout_rng=dropout_rng, dropout_rate=rate)

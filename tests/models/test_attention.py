@@ -1,5 +1,5 @@
 """The attention function every block uses, and each implementation behind it: the chunked
-one (CPU), jax.nn.dot_product_attention and flax's (dropout off CPU). All must compute
+one (CPU; the fused kernel has its own tests), jax.nn.dot_product_attention and flax's (dropout off CPU). All must compute
 flax's attention, forward and backward, with masks, dropout and bfloat16."""
 
 import flax.linen as nn
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from finedual_jax.models import chunked_attention
+from finedual_jax.models import cpu_attention
 from finedual_jax.models import dropout
 from finedual_jax.models import layers
 
@@ -36,8 +37,9 @@ def test_each_implementation_equals_flax_attention_with_masks(implementation):
       np.asarray(got), atol=1e-5)
 
 
-def test_auto_is_chunked_on_cpu_and_unknown_implementations_are_named():
-  q, k, v, mask = _inputs()
+def test_auto_is_chunked_on_cpu_where_the_kernel_does_not_apply_and_unknown_names_fail():
+  q, k, v, mask = _inputs()  # Head size 8: not for the kernel (tests/models/test_cpu_attention).
+  assert not cpu_attention.supports(q, k, v)
   np.testing.assert_array_equal(np.asarray(layers.attention(q, k, v, mask=mask)),
                                 np.asarray(layers.attention(q, k, v, mask=mask,
                                                             implementation='chunked')))
