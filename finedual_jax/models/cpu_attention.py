@@ -133,9 +133,23 @@ def _build(path: pathlib.Path) -> None:
 
 
 def _call(name: str, outputs, *args, scale: float, keep_scale: float, rate: float):
-  return jax.ffi.ffi_call(_TARGETS[name], outputs, vmap_method='sequential')(
+  results = jax.ffi.ffi_call(_TARGETS[name], outputs, vmap_method='sequential')(
       *args, scale=np.float32(scale), keep_scale=np.float32(keep_scale),
       dropout=np.int32(rate > 0))
+  # Inside shard_map the results vary over the mesh axes the query does (an FFI call's results
+  # carry none), as the custom VJP's type check requires of the gradients.
+  return tuple(_varying_like(r, args[0]) for r in results)
+
+
+def _varying_like(x: jax.Array, like: jax.Array) -> jax.Array:
+  aval = jax.typeof(like)
+  manual = getattr(aval, 'manual_axis_type', None)  # JAX 0.10; earlier versions: vma.
+  axes = tuple(sorted(manual.varying if manual is not None else getattr(aval, 'vma', ())))
+  if not axes:
+    return x
+  if hasattr(jax.lax, 'pcast'):
+    return jax.lax.pcast(x, axes, to='varying')
+  return jax.lax.pvary(x, axes)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))

@@ -186,3 +186,21 @@ def test_profiling_counts_the_kernels_products():
   product = 2 * n * heads * q_len * k_len * depth
   calls = {name: f for name, f in flops.items() if f and 'ffi' in name}
   assert sorted(calls.values()) == [2 * product, 5 * product]  # Forward 2 products, backward 5.
+
+
+def test_inside_shard_map_gradients_keep_the_inputs_mesh_axes():
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  mesh = jax.make_mesh((1,), ('data',))
+  q, k, v, _ = _inputs(2, 20, 20, 2, 16)
+  mask = _mask('keys', 2, 20, 20, 2)
+
+  def loss(q, k, v, mask):
+    return jnp.sum(cpu_attention.dot_product_attention(q, k, v, mask) ** 2)
+
+  per_device = jax.shard_map(lambda *a: jax.grad(loss, (0, 1, 2))(*a), mesh=mesh,
+                             in_specs=P('data'), out_specs=P('data'))
+  args = [jax.device_put(x, NamedSharding(mesh, P('data'))) for x in (q, k, v, mask)]
+  got = jax.jit(per_device)(*args)
+  want = jax.grad(loss, (0, 1, 2))(q, k, v, mask)
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-6)
