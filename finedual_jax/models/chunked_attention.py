@@ -120,6 +120,24 @@ def _attention_bwd(scale, rate, chunk, residuals, d_out):
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+def example_mask(mask: jax.Array | None, query: jax.Array, key: jax.Array,
+                 dropout_rng: jax.Array | None, dropout_rate: float, who: str) -> jax.Array:
+  """The boolean ``mask`` (None: all keys) broadcast along the batch to [batch, 1 or heads,
+  1 or q_len, k_len], after checking it and that dropout has its ``dropout_rng``; errors name
+  ``who``."""
+  batch, q_len, heads, _ = query.shape
+  k_len = key.shape[1]
+  if dropout_rate and dropout_rng is None:
+    raise ValueError(f'{who}: dropout_rate > 0 needs a dropout_rng.')
+  if mask is None:
+    mask = jnp.ones((1, 1, 1, k_len), bool)
+  if (mask.ndim != 4 or mask.shape[0] not in (1, batch) or mask.shape[1] not in (1, heads)
+      or mask.shape[2] not in (1, q_len) or mask.shape[3] != k_len):
+    raise ValueError(f'{who}: mask shape {mask.shape} does not broadcast to '
+                     f'{(batch, heads, q_len, k_len)}.')
+  return jnp.broadcast_to(mask.astype(bool), (batch, *mask.shape[1:]))
+
+
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                           mask: jax.Array | None = None, *, dropout_rng: jax.Array | None = None,
                           dropout_rate: float = 0.0) -> jax.Array:
@@ -128,16 +146,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   attention dropout when ``dropout_rate`` > 0 (then ``dropout_rng`` is required)."""
   batch, q_len, heads, depth = query.shape
   k_len = key.shape[1]
-  if dropout_rate and dropout_rng is None:
-    raise ValueError('chunked attention: dropout_rate > 0 needs a dropout_rng.')
-  if mask is None:
-    mask = jnp.ones((1, 1, 1, k_len), bool)
-  if (mask.ndim != 4 or mask.shape[0] not in (1, batch) or mask.shape[1] not in (1, heads)
-      or mask.shape[2] not in (1, q_len) or mask.shape[3] != k_len):
-    raise ValueError(f'chunked attention: mask shape {mask.shape} does not broadcast to '
-                     f'{(batch, heads, q_len, k_len)}.')
   # Heads and query rows stay broadcast: each chunk's select broadcasts them.
-  mask = jnp.broadcast_to(mask.astype(bool), (batch, *mask.shape[1:]))
+  mask = example_mask(mask, query, key, dropout_rng, dropout_rate, 'chunked attention')
   rng = jax.random.key(0) if dropout_rng is None else dropout_rng
   return _attention(query, key, value, mask, rng, 1.0 / float(depth) ** 0.5,
                     float(dropout_rate), chunk_size(batch, heads, q_len, k_len))

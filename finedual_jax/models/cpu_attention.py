@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
+from finedual_jax.models import chunked_attention
 from finedual_jax.models import dropout
 
 OPT_OUT = 'FINEDUAL_CPU_KERNEL'
@@ -198,17 +199,10 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     raise ValueError(f'cpu attention: expected float32 inputs with a head size that is a '
                      f'multiple of 16, found {query.dtype}/{key.dtype}/{value.dtype} and head '
                      f'size {query.shape[-1]}.')
-  if dropout_rate and dropout_rng is None:
-    raise ValueError('cpu attention: dropout_rate > 0 needs a dropout_rng.')
-  if mask is None:
-    mask = jnp.ones((1, 1, 1, k_len), bool)
-  if (mask.ndim != 4 or mask.shape[0] not in (1, batch) or mask.shape[1] not in (1, heads)
-      or mask.shape[2] not in (1, q_len) or mask.shape[3] != k_len):
-    raise ValueError(f'cpu attention: mask shape {mask.shape} does not broadcast to '
-                     f'{(batch, heads, q_len, k_len)}.')
+  mask = chunked_attention.example_mask(mask, query, key, dropout_rng, dropout_rate,
+                                        'cpu attention')
   if _load() is None:
     raise RuntimeError('cpu attention: the kernel could not be built (see the warning above).')
-  mask = jnp.broadcast_to(mask.astype(bool), (batch, *mask.shape[1:]))
   rate = float(dropout_rate)
   if rate:
     keep = dropout.keep_mask(dropout_rng, (batch, heads, q_len, k_len), rate)
