@@ -5,8 +5,8 @@ the softmax, masks and layout changes as separate passes, and on a 2-core Zen 5 
 8, 64] attention's forward and backward spent ~40% of its time outside the products. This
 kernel (``cpu_attention.cc``) does one (example, head) pair at a time, 48 query rows at a
 time, so the scores and probabilities of a block stay in the core's cache; the products are
-register-tiled loops over 16-float vectors, which reach ~200 GFLOP/s per core there (the
-machine's ``jnp.dot`` peak is ~190-210 per core).
+register-tiled loops over 16-float vectors, which reach ~190-220 GFLOP/s on one core there
+(the machine's ``jnp.dot`` peak, on two cores, measured 364-432 GFLOP/s).
 
 It computes what ``chunked_attention.dot_product_attention`` computes (layout [batch, length,
 heads, head_dim], boolean masks broadcastable to [batch, heads, q_len, k_len], a fully masked
@@ -18,9 +18,10 @@ tensor (a different stream of masks than the chunked version's, the same distrib
 Building: the source ships with the package and is compiled with the C++ compiler (``$CXX``,
 else ``c++``) against the XLA FFI headers in jaxlib (``jax.ffi.include_dir()``), for this
 machine (``-march=native``), into ``$FINEDUAL_KERNEL_CACHE`` (default
-``~/.cache/finedual_jax``) under a name that hashes the source, the compiler, the flags and
-jaxlib's version; processes that build at the same time each write a temporary file and
-rename it. Where no compiler is found or the build fails, ``available()`` is False with one
+``~/.cache/finedual_jax``) under a name that hashes the source, the compiler, the flags,
+JAX's versions and the CPU's model and flags (a library built for one CPU may not run on
+another that shares the home directory); processes that build at the same time each write a
+temporary file and rename it. Where no compiler is found or the build fails, ``available()`` is False with one
 warning that says why, and ``layers.attention`` uses the chunked version. ``FINEDUAL_CPU_KERNEL=0``
 turns the kernel off.
 """
