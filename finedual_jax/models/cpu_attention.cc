@@ -15,6 +15,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -339,36 +340,39 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<f
   return ffi::Error::Success();
 }
 
+// What both passes take first: the thread pool and q, k, v, mask, keep.
+auto BindInputs() {
+  using F32 = ffi::Buffer<ffi::F32>;
+  using Pred = ffi::Buffer<ffi::PRED>;
+  return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<Pred>()
+      .Arg<Pred>();
+}
+
+// Then the attributes: the score scale, 1 / keep probability, and whether dropout is on.
+template <typename Binding>
+auto BindAttributes(Binding binding) {
+  return std::move(binding)
+      .template Attr<float>("scale")
+      .template Attr<float>("keep_scale")
+      .template Attr<int32_t>("dropout");
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(FinedualAttentionForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Attr<float>("scale")
-                                  .Attr<float>("keep_scale")
-                                  .Attr<int32_t>("dropout")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+using F32Buffer = ffi::Buffer<ffi::F32>;
 
+// Forward: (out, lse) from (q, k, v, mask, keep).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FinedualAttentionForward, Forward,
+                              BindAttributes(BindInputs())
+                                  .Ret<F32Buffer>()
+                                  .Ret<F32Buffer>());
+
+// Backward: (d_q, d_k, d_v) from (q, k, v, mask, keep, out, lse, d_out).
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FinedualAttentionBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Arg<ffi::Buffer<ffi::PRED>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("scale")
-                                  .Attr<float>("keep_scale")
-                                  .Attr<int32_t>("dropout")
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              BindAttributes(BindInputs()
+                                                 .Arg<F32Buffer>()
+                                                 .Arg<F32Buffer>()
+                                                 .Arg<F32Buffer>())
+                                  .Ret<F32Buffer>()
+                                  .Ret<F32Buffer>()
+                                  .Ret<F32Buffer>());
