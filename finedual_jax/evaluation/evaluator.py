@@ -54,10 +54,10 @@ class EncoderLayer(nn.Module):
   """Post-LN transformer encoder layer, PyTorch's ``nn.TransformerEncoderLayer`` (GELU).
 
   flax's attention and dense modules (their parameters and names), with the denoisers' faster
-  products: dense layers as 2-D products and, on a CPU, chunked attention (``models.dense``,
-  ``models.layers.attention``). On a 2-core Xeon the ``MotionEncoder`` took 6.3-6.5 s forward
-  at batch 32, T = 300 against 6.6-6.9 s with flax's own, and a forward and backward pass at
-  batch 8 5.1 against 6.6 s.
+  products: dense layers as 2-D products and, on a CPU, the fused attention kernel or the
+  chunked attention (``models.dense``, ``models.layers.attention``). On a 2-core Xeon, with the
+  chunked attention, the ``MotionEncoder`` took 6.3-6.5 s forward at batch 32, T = 300 against
+  6.6-6.9 s with flax's own, and a forward and backward pass at batch 8 5.1 against 6.6 s.
   """
   num_heads: int
   ff_dim: int
