@@ -195,6 +195,14 @@ def _numbers(pattern: str, text: str) -> list[int] | None:
   return None if match is None else [int(d) for d in re.findall(r'\d+', match.group(1))]
 
 
+def _attention_flops(scores: int, qk: int, v: int, *, backward: bool) -> float:
+  """Products of fused attention over ``scores`` [batch, heads, q, k] elements, with head
+  sizes ``qk`` (queries, keys) and ``v`` (values). Forward: the scores and the weighted sum.
+  Backward: the recomputed scores and the gradients of the probabilities, the values, the
+  queries and the keys."""
+  return 2.0 * scores * ((3 * qk + 2 * v) if backward else (qk + v))
+
+
 def _product_flops(name: str, opcode: str, shapes: dict[str, list[int] | None], operands: str,
                    attributes: str, line: str) -> float:
   """FLOPs of one execution of a product instruction (0 for any other): 2 * output elements *
@@ -207,8 +215,8 @@ def _product_flops(name: str, opcode: str, shapes: dict[str, list[int] | None], 
       raise ValueError(f'profiling: cannot read the shapes of fused attention {name!r} from the '
                        f'program text (line: {line.strip()[:200]!r}).')
     (batch, q_len, heads, qk), k_len, v = dims[0], dims[1][1], dims[2][-1]
-    backward = cpu_attention.group(1) == 'backward'
-    return 2.0 * batch * heads * q_len * k_len * ((3 * qk + 2 * v) if backward else (qk + v))
+    return _attention_flops(batch * heads * q_len * k_len, qk, v,
+                            backward=cpu_attention.group(1) == 'backward')
   attention = opcode == 'custom-call' and _ATTENTION_TARGET.search(attributes)
   if attention:
     scores = _numbers(r'"intermediate_tensor_shape":\s*\{.*?"dimensions":\s*\[([^\]]*)\]',
@@ -217,11 +225,8 @@ def _product_flops(name: str, opcode: str, shapes: dict[str, list[int] | None], 
     if scores is None or len(dims) < 3 or dims[0] is None or dims[2] is None:
       raise ValueError(f'profiling: cannot read the shapes of fused attention {name!r} from the '
                        f'program text (line: {line.strip()[:200]!r}).')
-    qk, v = dims[0][-1], dims[2][-1]
-    # Forward: the scores and the weighted sum. Backward: the recomputed scores and the
-    # gradients of the probabilities, the values, the queries and the keys.
-    backward = 'Backward' in attention.group(0)
-    return 2.0 * math.prod(scores) * ((3 * qk + 2 * v) if backward else (qk + v))
+    return _attention_flops(math.prod(scores), dims[0][-1], dims[2][-1],
+                            backward='Backward' in attention.group(0))
   if opcode == 'dot':
     contracting = _numbers(r'lhs_contracting_dims=\{([\d,]*)\}', attributes)
   elif opcode == 'custom-call' and _GEMM_TARGET.search(attributes):

@@ -5,7 +5,7 @@ the softmax, masks and layout changes as separate passes, and on a 2-core Zen 5 
 8, 64] attention's forward and backward spent ~40% of its time outside the products. This
 kernel (``cpu_attention.cc``) does one (example, head) pair at a time, 48 query rows at a
 time, so the scores and probabilities of a block stay in the core's cache; the products are
-register-tiled loops over 16-float vectors, which reach ~190-220 GFLOP/s on one core there
+register-tiled loops over 16-float vectors, which reach 192-223 GFLOP/s on one core there
 (the machine's ``jnp.dot`` peak, on two cores, measured 364-432 GFLOP/s).
 
 It computes what ``chunked_attention.dot_product_attention`` computes (layout [batch, length,
@@ -134,7 +134,8 @@ def _build(path: pathlib.Path) -> None:
     os.replace(partial, path)
 
 
-def _call(name: str, outputs, *args, scale: float, keep_scale: float, rate: float):
+def _call(name: str, outputs, *args, scale: float, rate: float):
+  keep_scale = 1.0 / dropout.keep_probability(rate) if rate else 1.0
   results = jax.ffi.ffi_call(_TARGETS[name], outputs, vmap_method='sequential')(
       *args, scale=np.float32(scale), keep_scale=np.float32(keep_scale),
       dropout=np.int32(rate > 0))
@@ -163,7 +164,7 @@ def _forward(q, k, v, mask, keep, scale, rate):
   batch, q_len, heads, _ = q.shape
   out, lse = _call('forward', (jax.ShapeDtypeStruct(q.shape, jnp.float32),
                                jax.ShapeDtypeStruct((batch, heads, q_len), jnp.float32)),
-                   q, k, v, mask, keep, scale=scale, keep_scale=_keep_scale(rate), rate=rate)
+                   q, k, v, mask, keep, scale=scale, rate=rate)
   return out, (q, k, v, mask, keep, out, lse)
 
 
@@ -172,15 +173,11 @@ def _backward(scale, rate, residuals, d_out):
   d_q, d_k, d_v = _call('backward', tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32)
                                           for x in (q, k, v)),
                         q, k, v, mask, keep, out, lse, d_out.astype(jnp.float32), scale=scale,
-                        keep_scale=_keep_scale(rate), rate=rate)
+                        rate=rate)
   return d_q, d_k, d_v, None, None
 
 
 _attention.defvjp(_forward, _backward)
-
-
-def _keep_scale(rate: float) -> float:
-  return 1.0 / dropout.keep_probability(rate) if rate else 1.0
 
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,

@@ -159,8 +159,13 @@ def test_a_missing_or_failing_compiler_is_one_warning_and_no_kernel(tmp_path, mo
   assert not list(tmp_path.iterdir())  # Nothing half-built left behind.
 
 
-def test_the_cache_name_depends_on_source_compiler_and_cpu(monkeypatch):
+def test_the_cache_name_depends_on_source_compiler_and_cpu(tmp_path, monkeypatch):
   path = cpu_attention.library_path()
+  edited = tmp_path / 'cpu_attention.cc'
+  edited.write_bytes(cpu_attention.SOURCE.read_bytes() + b'\n// edited\n')
+  with monkeypatch.context() as patch:
+    patch.setattr(cpu_attention, 'SOURCE', edited)
+    assert cpu_attention.library_path() != path
   monkeypatch.setenv('CXX', 'g++-elsewhere')
   assert cpu_attention.library_path() != path
   monkeypatch.delenv('CXX', raising=False)
