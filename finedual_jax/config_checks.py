@@ -21,6 +21,7 @@ BACKENDS = ('shard_map', 'pmap')  # finedual_jax.parallel.BACKENDS (this module 
 READ_AHEAD_PRIORITIES = ('idle', 'low', 'normal')
 DATA_SOURCES = ('synthetic', 'tfds')
 COMPUTE_DTYPES = ('float32', 'bfloat16')  # finedual_jax.models.precision.DTYPES.
+GRAPH_MESSAGE_PASSING = ('dense', 'jraph')  # finedual_jax.models.interaction_graph.MESSAGE_PASSING.
 
 _SECTIONS = ('data', 'diffusion', 'losses', 'optimizer', 'train', 'parallel', 'sample', 'model')
 
@@ -170,6 +171,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int | None = No
             f'one of {list(COMPUTE_DTYPES)} (parameters stay float32 either way)')
     elif name == 'remat':
       check('model.remat', lambda x: isinstance(x, bool), 'True or False')
+    elif name == 'graph_message_passing':
+      check('model.graph_message_passing', lambda x: x in GRAPH_MESSAGE_PASSING,
+            f'one of {list(GRAPH_MESSAGE_PASSING)} (the same function)')
   for width, heads in (('width', 'num_heads'), ('text_width', 'text_heads')):
     w, h = model.get(width), model.get(heads)
     if _is_int(w) and _is_int(h) and h >= 1 and w % h:

@@ -38,6 +38,8 @@ from finedual_jax import parallel
 from finedual_jax import train_state
 from finedual_jax import trainer
 from finedual_jax.data import pipeline
+from finedual_jax.models import interaction_graph
+from finedual_jax.models import precision
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -181,7 +183,7 @@ def test_impossible_values_are_named_before_data_or_compilation(tmp_path):
          ('train', 'grad_accum_steps'): 2, ('parallel', 'backend'): 'pjit',
          ('train', 'log_every'): 0, ('data', 'max_len'): 1,
          ('diffusion', 'guidance_overall'): float('nan'), ('train', 'nan_policy'): 'ignore',
-         ('model', 'compute_dtype'): 'float16'}
+         ('model', 'compute_dtype'): 'float16', ('model', 'graph_message_passing'): 'sparse'}
   config = default.get_config('size=tiny')
   for (section, field), value in bad.items():
     config[section][field] = value
@@ -197,6 +199,9 @@ def test_impossible_values_are_named_before_data_or_compilation(tmp_path):
   assert not (tmp_path / 'data').exists()  # Failed before building anything.
   for fine in ('size=tiny', 'size=small'):
     config_checks.validate(default.get_config(fine), device_count=8)
+  # The checks' copies of the modules' choices (config_checks imports no JAX).
+  assert config_checks.GRAPH_MESSAGE_PASSING == interaction_graph.MESSAGE_PASSING
+  assert config_checks.COMPUTE_DTYPES == tuple(precision.DTYPES)
 
 
 def test_command_line_typos_and_bad_values_fail_with_a_clear_message(tmp_path):

@@ -46,6 +46,7 @@ class FineDualDenoiser(nn.Module):
   num_parts: int = 5
   graph_hidden: int = 64
   graph_rounds: int = 2
+  graph_message_passing: str = 'dense'  # or 'jraph' (models/interaction_graph.py); same function.
   distance_threshold: float = 1.0    # D_K (hyp.), metres.
   distance_temperature: float = 0.1  # tau (hyp.), metres.
   use_distance_predictor: bool = True
@@ -103,7 +104,8 @@ class FineDualDenoiser(nn.Module):
       nodes = InteractionGraph(
           hidden=self.graph_hidden, num_parts=self.num_parts, rounds=self.graph_rounds,
           distance_threshold=self.distance_threshold, temperature=self.distance_temperature,
-          gated=self.use_distance_predictor, name='graph')(parts, distances)
+          gated=self.use_distance_predictor, message_passing=self.graph_message_passing,
+          name='graph')(parts, distances)
       h = h + dense.Dense(self.width, name='graph_out')(nodes.reshape(*h.shape[:2], -1))
     overall_cond = time_cond + jnp.repeat(cond.overall_pooled, 2, axis=0)
     for i in range(self.interaction_layers):
