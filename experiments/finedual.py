@@ -23,7 +23,7 @@ def model_config(size: str) -> ml_collections.ConfigDict:
   model.interaction_layers = {'tiny': 1, 'small': 2, 'paper': 4}[size]  # Cooperative layers.
   model.refinement_layers = 2 if size == 'paper' else 1  # Teacher-Guided Refinement.
   model.graph_rounds = 1 if size == 'tiny' else 2  # Message-passing rounds.
-  model.graph_message_passing = 'dense'  # Or 'jraph': the same function (interaction_graph.py).
+  model.graph_message_passing = 'jraph'  # Or 'dense': the same function (interaction_graph.py).
   model.num_parts = 5                    # Body parts per person (hyp.).
   model.distance_threshold = 1.0         # D_K in metres (hyp.).
   model.distance_temperature = 0.1       # tau of the distance gate (hyp.).

@@ -46,7 +46,7 @@ class FineDualDenoiser(nn.Module):
   num_parts: int = 5
   graph_hidden: int = 64
   graph_rounds: int = 2
-  graph_message_passing: str = 'dense'  # or 'jraph' (models/interaction_graph.py); same function.
+  graph_message_passing: str = 'jraph'  # or 'dense' (models/interaction_graph.py); same function.
   distance_threshold: float = 1.0    # D_K (hyp.), metres.
   distance_temperature: float = 0.1  # tau (hyp.), metres.
   use_distance_predictor: bool = True

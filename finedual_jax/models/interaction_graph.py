@@ -10,9 +10,9 @@ Vectorisation: the topology is the same for every (pair, frame), so it is built 
 (``graph_topology``) and used as compile-time constants. All B * T graphs share it: the node
 features are laid out node-major, [2K, B * T, H], and every message acts on the leading node /
 edge axis and broadcasts over the frame axis — what ``vmap`` over graphs would do, without
-offsets. ``message_passing='jraph'`` carries them in one ``jraph.GraphsTuple`` through jraph's
-gathers and ``segment_sum``; the default, ``'dense'``, computes the same messages and sums from
-static slices of the node terms, faster on XLA:CPU (``_MessagePassingRound``).
+offsets. ``message_passing='jraph'`` (the default) carries them in one ``jraph.GraphsTuple``
+through jraph's gathers and ``segment_sum``; ``'dense'`` computes the same messages and sums
+from static slices of the node terms (``_MessagePassingRound``).
 
 Person symmetry: swapping the persons permutes the nodes (i <-> K + i); the edge set, the edge
 types and the distances (edge "stream s part i -> partner part j" reads d̂[s][i, j]) map onto
@@ -106,12 +106,17 @@ class _MessagePassingRound(nn.Module):
   chain of adds, so there is no gather and no scatter (the gathers' transposes), and XLA does
   not materialise the [E, N, h] edge tensors. At the ``bench`` shapes ([32, 300, 5, 128], two
   rounds) on a 2-core AMD EPYC (Zen 4), medians of 7 calls in separate runs: forward 178-210 ms
-  against 224-237 ms for ``'jraph'``, forward and backward 699-711 ms against 811-932 ms.
+  against 224-237 ms for ``'jraph'``, forward and backward 699-711 ms against 811-932 ms. But
+  its program is larger (per-edge element-wise ops), so it compiles slower: the FineDual
+  ``bench`` step 37.5 against 34.9 s, the tiny model's one- and eight-device steps about 30 s
+  more in ``tests/test_parallel.py``; and in the whole ``bench`` step the graph's share of op
+  time stayed at 9%. ``'jraph'`` therefore stays the default; ``'dense'`` is there for long
+  runs on a CPU.
   """
   hidden: int
   distance_feature: bool  # the edges carry a distance (InteractionGraph.gated)
   num_parts: int
-  message_passing: str = 'dense'
+  message_passing: str = 'jraph'
 
   @nn.compact
   def __call__(self, nodes: jax.Array, type_embedding: jax.Array,
@@ -228,7 +233,7 @@ class InteractionGraph(nn.Module):
   distance_threshold: float = 1.0  # D_K, metres (hyp.: the paper's "DK")
   temperature: float = 0.1         # τ, metres: width of the gate's transition
   gated: bool = True
-  message_passing: str = 'dense'   # or 'jraph': see _MessagePassingRound
+  message_passing: str = 'jraph'   # or 'dense': see _MessagePassingRound
 
   @nn.compact
   def __call__(self, part_tokens: jax.Array,
