@@ -21,8 +21,8 @@ XLA:CPU's YNNPACK and oneDNN calls and GPU Triton GEMMs; the same for cuBLAS/hip
 custom calls, and the products of cuDNN's fused attention and of this project's fused CPU
 attention) times the number of times each instruction ran: once per call, or, inside a loop
 or a conditional, as often as the trace saw it (a loop body's products run once per
-iteration). So each component also gets a rate: how
-close its products came to the machine's peak. Element-wise work counts no FLOPs.
+iteration). So each component also gets a rate: how close its products came to the machine's
+peak. Element-wise work counts no FLOPs.
 
 On a CPU the events are XLA:CPU's thunks on the host threads, so the total is op time summed
 over threads: with two products running side by side it exceeds the wall time. On a GPU only

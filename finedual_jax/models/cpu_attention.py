@@ -21,9 +21,9 @@ machine (``-march=native``), into ``$FINEDUAL_KERNEL_CACHE`` (default
 ``~/.cache/finedual_jax``) under a name that hashes the source, the compiler, the flags,
 JAX's versions and the CPU's model and flags (a library built for one CPU may not run on
 another that shares the home directory); processes that build at the same time each write a
-temporary file and rename it. Where no compiler is found or the build fails, ``available()`` is False with one
-warning that says why, and ``layers.attention`` uses the chunked version. ``FINEDUAL_CPU_KERNEL=0``
-turns the kernel off.
+temporary file and rename it. Where no compiler is found or the build fails, ``available()``
+is False with one warning that says why, and ``layers.attention`` uses the chunked version.
+``FINEDUAL_CPU_KERNEL=0`` turns the kernel off.
 """
 
 from __future__ import annotations

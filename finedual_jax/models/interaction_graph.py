@@ -116,7 +116,7 @@ class _MessagePassingRound(nn.Module):
   hidden: int
   distance_feature: bool  # the edges carry a distance (InteractionGraph.gated)
   num_parts: int
-  message_passing: str = 'jraph'
+  message_passing: str  # InteractionGraph.message_passing
 
   @nn.compact
   def __call__(self, nodes: jax.Array, type_embedding: jax.Array,
