@@ -122,7 +122,10 @@ def test_gradient_accumulation_matches_the_whole_batch_at_once():
   whole, losses_whole = _train(2, nce=False)
   accumulated, losses_accumulated = _train(2, grad_accum_steps=2, nce=False)
   np.testing.assert_allclose(losses_accumulated, losses_whole, rtol=1e-5)
-  _assert_same_parameters(whole, accumulated)
+  # The micro-batch means are summed in another order than the whole batch's mean; where a
+  # gradient entry is near zero, Adam's normalised step carries that round-off into the
+  # parameters (up to 2.6e-5 after three steps, one entry of a graph kernel, on JAX 0.8.2).
+  _assert_same_parameters(whole, accumulated, atol=5e-5)
 
 
 def test_a_non_finite_loss_skips_the_update_on_the_device():

@@ -148,11 +148,7 @@ def _varying_like(x: jax.Array, like: jax.Array) -> jax.Array:
   aval = jax.typeof(like)
   manual = getattr(aval, 'manual_axis_type', None)  # JAX 0.10; earlier versions: vma.
   axes = tuple(sorted(manual.varying if manual is not None else getattr(aval, 'vma', ())))
-  if not axes:
-    return x
-  if hasattr(jax.lax, 'pcast'):
-    return jax.lax.pcast(x, axes, to='varying')
-  return jax.lax.pvary(x, axes)
+  return jax.lax.pcast(x, axes, to='varying') if axes else x
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
