@@ -16,7 +16,8 @@ option is per program (``jax.jit(..., compiler_options=...)``), not a process-wi
 The fusion type must be ``individual_dot``: ``dot`` also pulls element-wise producers into the
 oneDNN call, and for some of them (``(2 * x) @ w.T``) oneDNN fails to compile the partition and
 the process dies (SIGILL). ``FINEDUAL_ONEDNN=0`` turns the option off, and so does a JAX whose
-XLA does not know these (experimental) options: they are tried once on a tiny program first.
+XLA does not know these (experimental) options or takes them without calling oneDNN (JAX 0.8.2):
+they are tried once on a tiny program first.
 
 JAX 0.10 cannot store a program with oneDNN calls in its persistent compilation cache
 ("ToProto is not implemented for thunk kind: onednn-fusion": a warning, and a fresh compile at
@@ -37,16 +38,19 @@ from jax.experimental import serialize_executable
 OPT_OUT = 'FINEDUAL_ONEDNN'
 ONEDNN_DOTS = {'xla_cpu_use_onednn': True,
                'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+# How a oneDNN call is named in the compiled program's text.
+ONEDNN_CALL = '__onednn_fusion'
 
 
 def forward_compiler_options() -> dict[str, Any] | None:
   """``compiler_options`` for a jitted forward-only program: oneDNN dots where JAX's default
   backend is the CPU, None (XLA's defaults) elsewhere, with ``FINEDUAL_ONEDNN=0``, or where
-  oneDNN programs cannot be compiled or, with a persistent compilation cache on, stored."""
+  the options give no oneDNN calls or programs that, with a persistent compilation cache on,
+  cannot be stored."""
   if os.environ.get(OPT_OUT, '1') == '0' or jax.default_backend() != 'cpu':
     return None
-  compiles, storable = _probe(tuple(ONEDNN_DOTS.items()))
-  if not compiles or (_persistent_cache_on() and not storable):
+  onednn, storable = _probe(tuple(ONEDNN_DOTS.items()))
+  if not onednn or (_persistent_cache_on() and not storable):
     return None
   return dict(ONEDNN_DOTS)
 
@@ -57,12 +61,14 @@ def _persistent_cache_on() -> bool:
 
 @functools.cache
 def _probe(options: tuple[tuple[str, Any], ...]) -> tuple[bool, bool]:
-  """Whether this JAX's XLA:CPU compiles a small product with ``options``, and whether JAX can
-  serialise the result (what its persistent compilation cache does)."""
+  """Whether this JAX's XLA:CPU compiles a small product with ``options`` into a oneDNN call,
+  and whether JAX can serialise the result (what its persistent compilation cache does)."""
   x = jnp.ones((8, 8), jnp.float32)
   try:
     compiled = jax.jit(lambda a: a @ a.T, compiler_options=dict(options)).lower(x).compile()
   except Exception:  # pylint: disable=broad-except  (an unknown option or value: XLA's error)
+    return False, False
+  if ONEDNN_CALL not in compiled.as_text():  # The options known, but no oneDNN (JAX 0.8.2).
     return False, False
   try:
     serialize_executable.serialize(compiled)

@@ -20,6 +20,14 @@ from finedual_jax.evaluation import evaluator_trainer
 from finedual_jax.models.factory import build_model
 
 
+# Where this JAX's XLA:CPU takes the options but calls no oneDNN (JAX 0.8.2), the options are
+# never given (test_options_that_call_no_onednn_are_not_given); there is nothing to test here.
+needs_onednn = pytest.mark.skipif(
+    not xla_cpu._probe(tuple(xla_cpu.ONEDNN_DOTS.items()))[0],  # pylint: disable=protected-access
+    reason=f"JAX {jax.__version__}'s XLA:CPU puts no dot on oneDNN with these options")
+
+
+@needs_onednn
 def test_options_are_given_on_cpu_unless_turned_off(monkeypatch):
   assert jax.default_backend() == 'cpu'
   monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
@@ -36,18 +44,20 @@ def _products(x, w):
   return (2 * x) @ w.T, grad, jnp.einsum('bqd,bkd->bqk', q, q)
 
 
+@needs_onednn
 def test_products_go_to_onednn_and_agree_with_xla_kernels(monkeypatch):
   monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
   x = jax.random.normal(jax.random.key(0), (96, 32))
   w = jax.random.normal(jax.random.key(1), (64, 32))
   onednn = jax.jit(_products, compiler_options=xla_cpu.forward_compiler_options())
   default = jax.jit(_products)
-  assert '__onednn_fusion' in onednn.lower(x, w).compile().as_text()
-  assert '__onednn_fusion' not in default.lower(x, w).compile().as_text()
+  assert xla_cpu.ONEDNN_CALL in onednn.lower(x, w).compile().as_text()
+  assert xla_cpu.ONEDNN_CALL not in default.lower(x, w).compile().as_text()
   for got, want in zip(onednn(x, w), default(x, w), strict=True):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@needs_onednn
 def test_the_sampler_runs_on_onednn_and_samples_what_xla_samples(monkeypatch):
   config = default.get_config('size=tiny')
   model = build_model(config.model, vocab_size=64, max_text_len=config.data.max_text_len)
@@ -65,7 +75,7 @@ def test_the_sampler_runs_on_onednn_and_samples_what_xla_samples(monkeypatch):
       monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
     fn = generation.make_sampler(model, schedule, w_overall=2.0, w_individual=1.0, ddim_steps=4)
     compiled = fn.lower(*args).compile()
-    return '__onednn_fusion' in compiled.as_text(), compiled(*args)
+    return xla_cpu.ONEDNN_CALL in compiled.as_text(), compiled(*args)
 
   (on, onednn), (off, default_) = sample(False), sample(True)
   assert on and not off
@@ -78,6 +88,14 @@ def test_options_this_xla_does_not_know_are_not_given(monkeypatch):
   assert xla_cpu.forward_compiler_options() is None
 
 
+@needs_onednn
+def test_options_that_call_no_onednn_are_not_given(monkeypatch):
+  monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
+  monkeypatch.setattr(xla_cpu, 'ONEDNN_DOTS', dict(xla_cpu.ONEDNN_DOTS, xla_cpu_use_onednn=False))
+  assert xla_cpu.forward_compiler_options() is None
+
+
+@needs_onednn
 def test_a_persistent_compilation_cache_gets_programs_it_can_store(monkeypatch, tmp_path):
   monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
   compiles, storable = xla_cpu._probe(tuple(xla_cpu.ONEDNN_DOTS.items()))  # pylint: disable=protected-access
@@ -92,6 +110,7 @@ def test_a_persistent_compilation_cache_gets_programs_it_can_store(monkeypatch, 
   assert xla_cpu.forward_compiler_options() == xla_cpu.ONEDNN_DOTS  # The cache off again.
 
 
+@needs_onednn
 def test_the_evaluators_embeddings_run_on_onednn_and_agree_with_xla(monkeypatch):
   monkeypatch.delenv(xla_cpu.OPT_OUT, raising=False)
   model = evaluator_lib.InterCLIP(**evaluator_lib.tiny_config())
@@ -107,7 +126,7 @@ def test_the_evaluators_embeddings_run_on_onednn_and_agree_with_xla(monkeypatch)
               loaded._text_fn.lower(params, tokens[:2]).compile(),
               evaluator_trainer.make_embed_fn(model).lower(params, features, mask,
                                                            tokens).compile()]
-  assert all('__onednn_fusion' in c.as_text() for c in compiled)
+  assert all(xla_cpu.ONEDNN_CALL in c.as_text() for c in compiled)
   want_motion, want_text = jax.jit(model.apply)({'params': params}, features, mask, tokens)
   np.testing.assert_allclose(loaded.embed_motions(features, mask), want_motion, rtol=1e-4,
                              atol=1e-4)
