@@ -55,6 +55,11 @@ def forward_compiler_options() -> dict[str, Any] | None:
   return dict(ONEDNN_DOTS)
 
 
+def onednn_dots_available() -> bool:
+  """Whether this JAX's XLA:CPU puts products on oneDNN with ``ONEDNN_DOTS`` (probed once)."""
+  return _probe(tuple(ONEDNN_DOTS.items()))[0]
+
+
 def _persistent_cache_on() -> bool:
   return bool(jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir)
 

@@ -88,7 +88,7 @@ def test_tiny_run_reports_every_figure(tiny_report):
   float32_peak = report['peak']['peak_flops_per_s']
   assert one['mfu'] == pytest.approx(one['flops'] / one['seconds'] / float32_peak)
   # On CPU without a compilation cache: oneDNN wherever this XLA puts dots there (not JAX 0.8.2).
-  onednn = xla_cpu._probe(tuple(xla_cpu.ONEDNN_DOTS.items()))[0]  # pylint: disable=protected-access
+  onednn = xla_cpu.onednn_dots_available()
   assert one['onednn_dots'] is onednn and two['onednn_dots'] is onednn
   table = benchmark.format_table(report)
   assert 'intergen/tiny' in table and 'sampling (DDIM)' in table

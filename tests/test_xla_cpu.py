@@ -21,9 +21,10 @@ from finedual_jax.models.factory import build_model
 
 
 # Where this JAX's XLA:CPU takes the options but calls no oneDNN (JAX 0.8.2), the options are
-# never given (test_options_that_call_no_onednn_are_not_given); there is nothing to test here.
+# never given (what test_options_that_call_no_onednn_are_not_given checks where oneDNN runs), so
+# there is nothing for these tests to check.
 needs_onednn = pytest.mark.skipif(
-    not xla_cpu._probe(tuple(xla_cpu.ONEDNN_DOTS.items()))[0],  # pylint: disable=protected-access
+    not xla_cpu.onednn_dots_available(),
     reason=f"JAX {jax.__version__}'s XLA:CPU puts no dot on oneDNN with these options")
 
 
