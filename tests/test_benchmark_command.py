@@ -84,6 +84,8 @@ def test_tiny_run_reports_every_figure(tiny_report):
   assert set(sampling) == {('intergen', 1), ('intergen', 2)}
   one, two = sampling['intergen', 1], sampling['intergen', 2]
   assert one['ddim_steps'] == 3 and one['length'] == 16
+  # ... also where the sampler runs the batch one example at a time (a CPU's default).
+  assert one['chunk'] == 1 and two['chunk'] == 1
   assert two['flops'] == pytest.approx(2 * one['flops'], rel=0.05)
   float32_peak = report['peak']['peak_flops_per_s']
   assert one['mfu'] == pytest.approx(one['flops'] / one['seconds'] / float32_peak)
