@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from finedual_jax import chunks
 from finedual_jax import xla_cpu
 from finedual_jax.data import batch as batch_lib
 from finedual_jax.data import decompose
@@ -144,16 +145,8 @@ def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: f
     return sampler_lib.ddim_sample(guided, schedule, noise * mask[:, :, None, None], ddim_steps)
 
   def sample(params, noise, mask, text, person):
-    batch = noise.shape[0]
-    if not chunk or batch <= chunk:
-      return sample_all(params, noise, mask, text, person)
-    # Rows padded to whole chunks by repeating the last one (a valid input), then dropped.
-    pad = -batch % chunk
-    split = lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]).reshape(
-        (-1, chunk) + a.shape[1:])
-    chunks = jax.tree.map(split, (noise, mask, text, person))
-    x0 = jax.lax.map(lambda inputs: sample_all(params, *inputs), chunks)
-    return x0.reshape((-1,) + x0.shape[2:])[:batch]
+    return chunks.map_in_chunks(lambda _, *inputs: sample_all(params, *inputs), chunk, noise,
+                                mask, text, person)
 
   # On CPU the sampler's products run through oneDNN (forward only: see xla_cpu).
   return jax.jit(sample, compiler_options=xla_cpu.forward_compiler_options())
