@@ -321,7 +321,8 @@ def format_table(report: dict[str, Any]) -> str:
            f'rows\' MFU); input '
            f'pipeline {report["pipeline"]["examples_per_s"]:.0f} examples/s at T=300; host huge '
            f'pages {"on" if machine.get("huge_pages") else "off"} '
-           f'(kernel: {machine.get("transparent_huge_pages")})',
+           f'(kernel: {machine.get("transparent_huge_pages")})'
+           f'{", freed host memory kept" if machine.get("keeps_freed_memory") else ""}',
            f'{"training":<22}{"ms/step":>9}{"ex/s":>8}{"GFLOP":>9}{"MFU":>7}{"wait":>7}'
            f'{"memory MiB":>12}']
   for r in report['training']:

@@ -17,7 +17,8 @@ needs_huge_pages = pytest.mark.skipif(
 
 
 def _env(**changes):
-  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', host_memory.OPT_OUT)}
+  env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', host_memory.OPT_OUT,
+                                                         host_memory.KEEP_OPT_IN)}
   env.update(changes)
   return env
 
@@ -43,6 +44,39 @@ def test_tunables_add_huge_pages_and_keep_a_users_choice():
           == 'glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1')
   assert host_memory.tunables_with_huge_pages('glibc.malloc.hugetlb=0') is None
   assert host_memory.tunables_with_huge_pages('a=1:glibc.malloc.hugetlb=1') is None
+
+
+def test_keeping_freed_memory_adds_its_tunables_and_keeps_a_users_choice():
+  keep = ':'.join(f'{k}={v}' for k, v in host_memory.KEEP_FREED.items())
+  assert host_memory.tunables_with_huge_pages(None, keep_freed=True) == (
+      f'glibc.malloc.hugetlb=1:{keep}')
+  # The re-executed process names them all: nothing more to add.
+  assert host_memory.tunables_with_huge_pages(f'glibc.malloc.hugetlb=1:{keep}', True) is None
+  # Huge pages already on (a run without the opt-in): only the missing entries are added.
+  assert host_memory.tunables_with_huge_pages('glibc.malloc.hugetlb=1', True) == (
+      f'glibc.malloc.hugetlb=1:{keep}')
+  mine = 'glibc.malloc.arena_max=4'
+  added = host_memory.tunables_with_huge_pages(mine, True).split(':')
+  assert added[0] == mine and 'glibc.malloc.arena_max=1' not in added
+  assert 'glibc.malloc.mmap_max=0' in added
+
+
+def test_keeping_freed_memory_is_opt_in_and_checked(monkeypatch):
+  monkeypatch.setattr(host_memory, 'glibc_version', lambda: (2, 36))
+  monkeypatch.setattr(host_memory, 'transparent_huge_pages', lambda: 'madvise')
+  monkeypatch.setattr(host_memory.sys, 'platform', 'linux')
+  monkeypatch.delenv('GLIBC_TUNABLES', raising=False)
+  monkeypatch.delenv(host_memory.OPT_OUT, raising=False)
+  monkeypatch.delenv(host_memory.KEEP_OPT_IN, raising=False)
+  assert host_memory.tunables_for_this_machine() == 'glibc.malloc.hugetlb=1'
+  monkeypatch.setenv(host_memory.KEEP_OPT_IN, '1')
+  assert 'glibc.malloc.mmap_max=0' in host_memory.tunables_for_this_machine()
+  monkeypatch.setenv('GLIBC_TUNABLES', host_memory.tunables_for_this_machine())
+  assert host_memory.describe()['keeps_freed_memory'] is True
+  assert host_memory.tunables_for_this_machine() is None
+  monkeypatch.setenv(host_memory.KEEP_OPT_IN, 'yes')
+  with pytest.raises(ValueError, match=f"{host_memory.KEEP_OPT_IN}: expected 1 .* found 'yes'"):
+    host_memory.tunables_for_this_machine()
 
 
 def test_describe_says_whether_huge_pages_are_on(monkeypatch):
@@ -86,6 +120,14 @@ def test_huge_pages_cut_the_page_faults_of_repeated_calls():
   huge_pages = int(_python(_FAULTS)[-1])
   assert small_pages > 3 * 16_000
   assert huge_pages < small_pages / 10
+
+
+@needs_huge_pages
+def test_kept_freed_memory_serves_the_next_calls_without_page_faults():
+  huge_pages = int(_python(_FAULTS)[-1])
+  kept = int(_python(_FAULTS, **{host_memory.KEEP_OPT_IN: '1'})[-1])
+  assert huge_pages >= 5 * 32  # Five calls, each mapping 64 MiB afresh in 2 MiB pages.
+  assert kept < huge_pages / 4
 
 
 @pytest.mark.parametrize('module', ['train', 'sample', 'evaluate', 'train_evaluator',
