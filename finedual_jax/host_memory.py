@@ -19,10 +19,10 @@ mode at ``madvise`` compacts memory for, every 2 MiB page of the new mapping. Th
 ~5,000-7,000 faults on a 2-core AMD EPYC (Zen 4). ``FINEDUAL_KEEP_HOST_MEMORY=1`` also keeps
 freed blocks inside the process for the next call (``KEEP_FREED``: every thread on glibc's
 main heap, no ``mmap`` for large blocks, no trimming): there the same step ran in 11.4-11.8 s
-with no faults and the same losses. It is opt-in because memory given back is no longer
-returned: a block freed while another call's block is live, or cut up by a small allocation
-in between, stays resident, and one ``bench`` benchmark run peaked at 19.6 GiB of host memory
-against 10.5-11.2 GiB without it.
+with no faults and the same losses. It is opt-in because freed memory is no longer given
+back: one ``bench`` benchmark run peaked at 19.2 GiB of host memory against 10.5-11.1 GiB
+without it, with one step that faulted a second block in (probably a block freed while the
+next call's was live, or one cut up by a small allocation between calls; not traced).
 """
 
 from __future__ import annotations
