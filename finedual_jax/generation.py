@@ -92,24 +92,29 @@ def parse_length(value: str | int, *, max_len: int, fps: int = 30) -> int:
   return frames
 
 
-# Examples per sampler chunk on a CPU (see ``sample_chunk_size``).
-CPU_SAMPLE_CHUNK = 1
+# A CPU sampler chunk's activations, rows x width, at most (4 MiB in float32; see below).
+CPU_CHUNK_ELEMENTS = 1 << 20
 CHUNK_ENV = 'FINEDUAL_SAMPLE_CHUNK'
 
 
-def sample_chunk_size() -> int:
-  """Examples the sampler denoises at a time: all of the batch (0) on a GPU/TPU; one on a CPU.
+def sample_chunk_size(length: int, width: int) -> int:
+  """Examples the sampler denoises at a time: the whole batch (0) on a GPU/TPU; on a CPU as
+  many as keep their activations (3 guidance branches x 2 persons x ``length`` frames rows,
+  ``width`` wide) within ``CPU_CHUNK_ELEMENTS``.
 
-  On a CPU the activations of the three guidance branches of one example at T = 300 and width
-  512 (1,800 rows: 3.7 MB per activation, 7.4 MB in the feed-forward) stay in the caches, and
-  those of a whole batch do not: on a 2-core AMD EPYC (Zen 4) a guided DDIM step at the
-  ``bench`` size took 588 ms per example at batch 1, 599 at 2, 652 at 4, 657 at 8 and 773 at
-  32, so a batch runs fastest one example after another. ``FINEDUAL_SAMPLE_CHUNK=N`` sets N
-  (0: the whole batch at once).
+  On a CPU a chunk whose activations stay in the caches runs faster than a whole batch: at the
+  ``bench`` size (three guidance branches x two persons x T = 300 = 1,800 rows of width 512:
+  3.7 MB per activation) a guided DDIM step took 588 ms per example at batch 1, 599 at 2, 652
+  at 4, 657 at 8 and 773 at 32 on a 2-core AMD EPYC (Zen 4), so there it runs one example at a
+  time. Small models are the other way round: the tiny one (width 32, T = 32) sampled a batch
+  of 16 in 109-112 ms whole and 225-360 ms one example at a time, and gets the whole batch.
+  ``FINEDUAL_SAMPLE_CHUNK=N`` sets N (0: the whole batch at once).
   """
   value = os.environ.get(CHUNK_ENV)
   if value is None:
-    return CPU_SAMPLE_CHUNK if jax.default_backend() == 'cpu' else 0
+    if jax.default_backend() != 'cpu':
+      return 0
+    return max(1, CPU_CHUNK_ELEMENTS // max(1, 3 * 2 * length * width))
   try:
     chunk = int(value)
   except ValueError:
@@ -126,11 +131,10 @@ def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: f
   ``person`` are token ids or ``batch.TextFeatures``, as ``batch.text_inputs`` gives them.
 
   The batch is sampled ``chunk`` examples at a time (a loop inside the one compiled program;
-  None: ``sample_chunk_size()``, 0: all at once). Examples do not interact, so each row's
-  sample is the same whatever the chunk, up to float32 rounding; with ``chunk=1`` it does not
-  depend on the batch it is in at all.
+  None: ``sample_chunk_size`` for the model's width and the sampled length, 0: all at once).
+  Examples do not interact, so each row's sample is the same whatever the chunk, up to float32
+  rounding; with ``chunk=1`` it does not depend on the batch it is in at all.
   """
-  chunk = sample_chunk_size() if chunk is None else chunk
 
   def sample_all(params, noise, mask, text, person):
     def denoise(x_t, t, drop_overall, drop_individual):
@@ -145,7 +149,8 @@ def make_sampler(model, schedule: Schedule, *, w_overall: float, w_individual: f
     return sampler_lib.ddim_sample(guided, schedule, noise * mask[:, :, None, None], ddim_steps)
 
   def sample(params, noise, mask, text, person):
-    return chunks.map_in_chunks(lambda _, *inputs: sample_all(params, *inputs), chunk, noise,
+    size = sample_chunk_size(noise.shape[1], model.width) if chunk is None else chunk
+    return chunks.map_in_chunks(lambda _, *inputs: sample_all(params, *inputs), size, noise,
                                 mask, text, person)
 
   # On CPU the sampler's products run through oneDNN (forward only: see xla_cpu).

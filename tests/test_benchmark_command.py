@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from finedual_jax import benchmark
+from finedual_jax import generation
 from finedual_jax import xla_cpu
 from finedual_jax.data import benchmark as data_benchmark
 from finedual_jax.data import pipeline
@@ -48,6 +49,9 @@ def tiny_report(workdir):
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(benchmark, 'matmul_peak', peak_twice_as_high_at_the_end)
+    # One example at a time, as a CPU samples at the bench size (the tiny model would get its
+    # whole batch): the sampling FLOPs must still count every example.
+    patch.setenv(generation.CHUNK_ENV, '1')
     report = benchmark.run(
         configs=benchmark.bench_configs(['intergen'], ['tiny']), workdir=str(workdir),
         train_steps=10, train_seconds=1.0, sample_batches=[1, 2], sample_length=16,
@@ -84,7 +88,7 @@ def test_tiny_run_reports_every_figure(tiny_report):
   assert set(sampling) == {('intergen', 1), ('intergen', 2)}
   one, two = sampling['intergen', 1], sampling['intergen', 2]
   assert one['ddim_steps'] == 3 and one['length'] == 16
-  # ... also where the sampler runs the batch one example at a time (a CPU's default).
+  # ... also where the sampler runs the batch one example at a time.
   assert one['chunk'] == 1 and two['chunk'] == 1
   assert two['flops'] == pytest.approx(2 * one['flops'], rel=0.05)
   float32_peak = report['peak']['peak_flops_per_s']

@@ -1,6 +1,6 @@
 """The sampler's batch chunks: a batch sampled a few examples at a time inside the one compiled
-program gives the rows sampling it whole gives, and one example at a time (a CPU's default)
-makes each row independent of the batch it is in."""
+program gives the rows sampling it whole gives, and one example at a time (a CPU's default at
+the bench size) makes each row independent of the batch it is in."""
 
 import jax
 import jax.numpy as jnp
@@ -46,15 +46,19 @@ def test_one_example_at_a_time_does_not_depend_on_the_batch(tiny):
   np.testing.assert_array_equal(tiny(1, slice(1, 3)), batch[1:3])
 
 
-def test_chunk_size_defaults_per_backend_and_reads_the_environment(monkeypatch):
+def test_chunk_size_defaults_per_backend_and_size_and_reads_the_environment(monkeypatch):
   monkeypatch.delenv(generation.CHUNK_ENV, raising=False)
-  expected = generation.CPU_SAMPLE_CHUNK if jax.default_backend() == 'cpu' else 0
-  assert generation.sample_chunk_size() == expected
+  if jax.default_backend() == 'cpu':
+    assert generation.sample_chunk_size(300, 512) == 1  # bench: one example's 1,800 rows.
+    assert generation.sample_chunk_size(300, 1024) == 1  # Never less than one.
+    assert generation.sample_chunk_size(32, 32) == generation.CPU_CHUNK_ELEMENTS // (6 * 32 * 32)
+  else:
+    assert generation.sample_chunk_size(300, 512) == 0
   monkeypatch.setenv(generation.CHUNK_ENV, '0')
-  assert generation.sample_chunk_size() == 0
+  assert generation.sample_chunk_size(300, 512) == 0
   monkeypatch.setenv(generation.CHUNK_ENV, '4')
-  assert generation.sample_chunk_size() == 4
+  assert generation.sample_chunk_size(32, 32) == 4
   for bad in ('-1', 'two'):
     monkeypatch.setenv(generation.CHUNK_ENV, bad)
     with pytest.raises(ValueError, match=f"{generation.CHUNK_ENV}: expected .* found '{bad}'"):
-      generation.sample_chunk_size()
+      generation.sample_chunk_size(300, 512)
