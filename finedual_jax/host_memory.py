@@ -15,8 +15,8 @@ itself, or a user's own choice), or with ``FINEDUAL_HUGE_PAGES=0``.
 
 Huge pages make the faults fewer, not free: the kernel still zeroes, and with its ``defrag``
 mode at ``madvise`` compacts memory for, every 2 MiB page of the new mapping. The FineDual
-``bench`` step (a 9.1 GB temporary block) spent 4-6 s of system time per 13.5-15.5 s step in
-~5,000-7,000 faults on a 2-core AMD EPYC (Zen 4). ``FINEDUAL_KEEP_HOST_MEMORY=1`` also keeps
+``bench`` step (a 9.1 GB temporary block) spent 4-8 s of system time per 13.5-17.5 s step in
+4,900-7,500 faults on a 2-core AMD EPYC (Zen 4). ``FINEDUAL_KEEP_HOST_MEMORY=1`` also keeps
 freed blocks inside the process for the next call (``KEEP_FREED``: every thread on glibc's
 main heap, no ``mmap`` for large blocks, no trimming): there the same step ran in 11.4-11.8 s
 with no faults and the same losses. It is opt-in because freed memory is no longer given
@@ -44,20 +44,15 @@ def tunables_with_huge_pages(current: str | None, keep_freed: bool = False) -> s
   """``GLIBC_TUNABLES`` with huge pages for malloc (and, with ``keep_freed``, ``KEEP_FREED``)
   added, or None when ``current`` already names each of them (to any value: a user's choice is
   kept)."""
-  entries = [e for e in (current or '').split(':') if e]
-  named = {e.partition('=')[0] for e in entries}
   wanted = {TUNABLE: '1', **(KEEP_FREED if keep_freed else {})}
+  named = _named(current)
   missing = [f'{name}={value}' for name, value in wanted.items() if name not in named]
-  return ':'.join(entries + missing) if missing else None
+  return ':'.join([e for e in (current or '').split(':') if e] + missing) if missing else None
 
 
-def _hugetlb(tunables: str | None) -> str | None:
-  """The value ``tunables`` gives ``glibc.malloc.hugetlb``, None if it names none."""
-  for entry in (tunables or '').split(':'):
-    name, _, value = entry.partition('=')
-    if name == TUNABLE:
-      return value
-  return None
+def _named(tunables: str | None) -> dict[str, str]:
+  """``GLIBC_TUNABLES``' entries as {name: value} (the last one where a name repeats)."""
+  return dict(entry.partition('=')[::2] for entry in (tunables or '').split(':') if entry)
 
 
 def glibc_version() -> tuple[int, ...] | None:
@@ -88,8 +83,8 @@ def transparent_huge_pages() -> str | None:
 def describe() -> dict[str, str | None]:
   """What this process runs with, for benchmark reports."""
   tunables = os.environ.get('GLIBC_TUNABLES')
-  named = dict(e.partition('=')[::2] for e in (tunables or '').split(':') if e)
-  return {'glibc_tunables': tunables, 'huge_pages': _hugetlb(tunables) in ('1', '2'),
+  named = _named(tunables)
+  return {'glibc_tunables': tunables, 'huge_pages': named.get(TUNABLE) in ('1', '2'),
           'keeps_freed_memory': all(named.get(k) == v for k, v in KEEP_FREED.items()),
           'transparent_huge_pages': transparent_huge_pages()}
 
