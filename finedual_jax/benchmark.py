@@ -314,15 +314,21 @@ def _label(result: dict[str, Any]) -> str:
   return f'{result["model"]}/{result["size"]}' + ('/bf16' if bf16 else '')
 
 
+def _host_allocator(machine: dict[str, Any]) -> str:
+  if machine.get('host_allocator') == 'jemalloc':
+    return f'host allocator jemalloc (MALLOC_CONF {machine.get("malloc_conf")})'
+  return (f'host huge pages {"on" if machine.get("huge_pages") else "off"} '
+          f'(kernel: {machine.get("transparent_huge_pages")})'
+          f'{", freed host memory kept" if machine.get("keeps_freed_memory") else ""}')
+
+
 def format_table(report: dict[str, Any]) -> str:
   machine = report['machine']
   lines = [f'reference peak {report["peak"]["peak_flops_per_s"] / 1e9:.1f} GFLOP/s (float32), '
            f'{report["peak"]["bf16_peak_flops_per_s"] / 1e9:.1f} GFLOP/s (bfloat16: the /bf16 '
            f'rows\' MFU); input '
-           f'pipeline {report["pipeline"]["examples_per_s"]:.0f} examples/s at T=300; host huge '
-           f'pages {"on" if machine.get("huge_pages") else "off"} '
-           f'(kernel: {machine.get("transparent_huge_pages")})'
-           f'{", freed host memory kept" if machine.get("keeps_freed_memory") else ""}',
+           f'pipeline {report["pipeline"]["examples_per_s"]:.0f} examples/s at T=300; '
+           f'{_host_allocator(machine)}',
            f'{"training":<22}{"ms/step":>9}{"ex/s":>8}{"GFLOP":>9}{"MFU":>7}{"wait":>7}'
            f'{"memory MiB":>12}']
   for r in report['training']:
@@ -412,5 +418,5 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  host_memory.reexec_with_huge_pages()
+  host_memory.reexec_for_host_memory()
   main()

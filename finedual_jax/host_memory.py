@@ -1,32 +1,45 @@
-"""Transparent huge pages for XLA's host buffers on Linux: far fewer page faults on CPU.
+"""How XLA's host buffers are allocated on Linux: the command lines start themselves again, once,
+with an allocator that serves each call's large temporary block without page faults.
 
-XLA:CPU allocates an executable's temporary buffers afresh on every call, as large blocks that
-glibc maps from the kernel and returns after the call. With 4 KiB pages the next call faults
-every page in again: about 260,000 minor page faults (1 GB) per transformer block's forward
-and backward pass at the ``bench`` size, measured as 10-20% of a training step on a 2-core
-CPU. glibc (2.35 and later) can ask the kernel for transparent huge pages (2 MiB) for those
-blocks, ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``; it reads the setting only when a process
-starts, so the command-line entry points call ``reexec_with_huge_pages`` first, which starts the
-same command again, once, with the tunable added.
+XLA:CPU allocates an executable's temporary buffers afresh on every call, as one large block
+(9.1 GB for the FineDual ``bench`` training step) that it frees after the call. glibc maps such
+a block from the kernel and unmaps it when it is freed, so the next call faults every page in
+again, and the kernel zeroes each one. On a 2-core AMD EPYC (Zen 4) that was 4-8 s of system
+time in each 13.5-17.5 s FineDual ``bench`` step.
 
-Nothing happens off Linux, without glibc 2.35+, where the kernel's transparent huge pages are
-off ('never'), where ``GLIBC_TUNABLES`` already names the setting (the re-executed process
+**jemalloc, where it is installed** (Debian: ``apt install libjemalloc2``; found through the
+loader's cache, or named by ``FINEDUAL_JEMALLOC=/path/libjemalloc.so.2``) is preloaded with
+``MALLOC_CONF=oversize_threshold:0,background_thread:true`` (``JEMALLOC_CONF``). By default
+jemalloc gives blocks above 8 MiB an arena of their own that returns them to the kernel at once
+(measured: 2.36 million faults per step); with the threshold at 0 they go through its ordinary
+arenas, which keep freed pages for the next allocation and give them back after 10 s unused.
+Without background threads an arena gives pages back only when a thread allocates from it
+again, so memory freed by threads that had finished stayed: a FineDual ``bench`` benchmark run
+peaked at 19,354 MiB of host memory, against 13,264 MiB with them (glibc: 11,323 MiB). Measured
+on a 2-core AMD EPYC (Zen 4): the step took 12.1-12.9 s with 0.00-0.08 s of system time and
+the same losses as with glibc (15.5-16.5 s with huge pages, the same day); the sampler's speed
+did not change. ``FINEDUAL_JEMALLOC=0`` turns this off; a ``MALLOC_CONF`` of the user's own is
+kept.
+
+**Otherwise glibc** (2.35 and later) is asked for transparent huge pages (2 MiB) for those
+blocks, ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``: far fewer faults, but the kernel still
+zeroes, and with its ``defrag`` mode at ``madvise`` compacts memory for, every 2 MiB page of
+each new mapping. ``FINEDUAL_KEEP_HOST_MEMORY=1`` also keeps freed blocks inside the process
+for the next call (``KEEP_FREED``: every thread on glibc's main heap, no ``mmap`` for large
+blocks, no trimming): there the step ran in 11.4-11.8 s with no faults and the same losses. It
+is opt-in because glibc's heap then fragments: one ``bench`` benchmark run peaked at 19.2 GiB
+of host memory against 10.5-11.1 GiB without it, with one step that faulted a second block in.
+Nothing is added off Linux, without glibc 2.35+, where the kernel's transparent huge pages are
+off ('never'), where ``GLIBC_TUNABLES`` already names the settings (the re-executed process
 itself, or a user's own choice), or with ``FINEDUAL_HUGE_PAGES=0``.
 
-Huge pages make the faults fewer, not free: the kernel still zeroes, and with its ``defrag``
-mode at ``madvise`` compacts memory for, every 2 MiB page of the new mapping. The FineDual
-``bench`` step (a 9.1 GB temporary block) spent 4-8 s of system time per 13.5-17.5 s step in
-4,900-7,500 faults on a 2-core AMD EPYC (Zen 4). ``FINEDUAL_KEEP_HOST_MEMORY=1`` also keeps
-freed blocks inside the process for the next call (``KEEP_FREED``: every thread on glibc's
-main heap, no ``mmap`` for large blocks, no trimming): there the same step ran in 11.4-11.8 s
-with no faults and the same losses. It is opt-in because freed memory is no longer given
-back: one ``bench`` benchmark run peaked at 19.2 GiB of host memory against 10.5-11.1 GiB
-without it, with one step that faulted a second block in (probably a block freed while the
-next call's was live, or one cut up by a small allocation between calls; not traced).
+Both settings are read only when a process starts, so the entry points call
+``reexec_for_host_memory`` first, which starts the same command again with them.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import sys
 
@@ -38,6 +51,10 @@ KEEP_OPT_IN = 'FINEDUAL_KEEP_HOST_MEMORY'
 KEEP_FREED = {'glibc.malloc.arena_max': '1', 'glibc.malloc.mmap_max': '0',
               'glibc.malloc.trim_threshold': str(1 << 40)}
 _THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'
+JEMALLOC_ENV = 'FINEDUAL_JEMALLOC'
+# Large blocks through jemalloc's ordinary arenas, whose freed pages wait (10 s) for reuse;
+# background threads give back what an arena no thread allocates from any more still holds.
+JEMALLOC_CONF = 'oversize_threshold:0,background_thread:true'
 
 
 def tunables_with_huge_pages(current: str | None, keep_freed: bool = False) -> str | None:
@@ -80,13 +97,71 @@ def transparent_huge_pages() -> str | None:
   return text[start + 1:end] if 0 <= start < end else None
 
 
-def describe() -> dict[str, str | None]:
+def describe() -> dict[str, str | bool | None]:
   """What this process runs with, for benchmark reports."""
   tunables = os.environ.get('GLIBC_TUNABLES')
   named = _named(tunables)
-  return {'glibc_tunables': tunables, 'huge_pages': named.get(TUNABLE) in ('1', '2'),
+  jemalloc = _jemalloc_loaded()
+  return {'host_allocator': 'jemalloc' if jemalloc else 'glibc' if glibc_version() else None,
+          'malloc_conf': os.environ.get('MALLOC_CONF') if jemalloc else None,
+          'glibc_tunables': tunables, 'huge_pages': named.get(TUNABLE) in ('1', '2'),
           'keeps_freed_memory': all(named.get(k) == v for k, v in KEEP_FREED.items()),
           'transparent_huge_pages': transparent_huge_pages()}
+
+
+def _jemalloc_loaded() -> bool:
+  """Whether jemalloc is mapped into this process (Linux; False where that cannot be read)."""
+  try:
+    with open('/proc/self/maps') as f:
+      return 'libjemalloc' in f.read()
+  except OSError:
+    return False
+
+
+def jemalloc_library() -> str | None:
+  """The jemalloc library to preload: ``FINEDUAL_JEMALLOC``'s path, else the one the loader's
+  cache lists; None where it is turned off (``0``) or, unless asked for (``1``), not found."""
+  choice = os.environ.get(JEMALLOC_ENV, '')
+  if choice == '0':
+    return None
+  if choice not in ('', '1'):
+    if not os.path.isfile(choice):
+      raise ValueError(f'{JEMALLOC_ENV}: expected 0, 1 or the path of a jemalloc shared library, '
+                       f'found {choice!r}, which is not a file.')
+    return choice
+  found = ctypes.util.find_library('jemalloc')
+  if found is None and choice == '1':
+    raise ValueError(f'{JEMALLOC_ENV}=1: no jemalloc library found (Debian: apt install '
+                     'libjemalloc2); name one with FINEDUAL_JEMALLOC=/path/libjemalloc.so.2, or '
+                     'set 0 for the C library\'s allocator.')
+  return found
+
+
+def preload_with(current: str | None, library: str) -> str | None:
+  """``LD_PRELOAD`` with ``library`` added, or None when it already names a jemalloc library."""
+  entries = (current or '').replace(' ', ':').split(':')
+  if any('jemalloc' in os.path.basename(entry) for entry in entries):
+    return None
+  return ':'.join([e for e in entries if e] + [library])
+
+
+def environment_for_this_machine() -> dict[str, str]:
+  """The environment variables a process here should start with that it does not already have
+  (empty where nothing would change; see the module docstring)."""
+  if not sys.platform.startswith('linux'):
+    return {}
+  _keep_freed()  # Checked here too: it only matters where glibc allocates.
+  library = jemalloc_library()
+  if library is None:
+    tunables = tunables_for_this_machine()
+    return {} if tunables is None else {'GLIBC_TUNABLES': tunables}
+  changes = {}
+  preload = preload_with(os.environ.get('LD_PRELOAD'), library)
+  if preload is not None:
+    changes['LD_PRELOAD'] = preload
+  if 'MALLOC_CONF' not in os.environ:
+    changes['MALLOC_CONF'] = JEMALLOC_CONF
+  return changes
 
 
 def tunables_for_this_machine() -> str | None:
@@ -97,24 +172,27 @@ def tunables_for_this_machine() -> str | None:
   version = glibc_version()
   if version is None or version < (2, 35) or transparent_huge_pages() in (None, 'never'):
     return None
+  return tunables_with_huge_pages(os.environ.get('GLIBC_TUNABLES'), keep_freed=_keep_freed())
+
+
+def _keep_freed() -> bool:
   keep = os.environ.get(KEEP_OPT_IN, '0')
   if keep not in ('0', '1'):
     raise ValueError(f'{KEEP_OPT_IN}: expected 1 (keep freed host memory for the next call) or '
                      f'0 (give it back, the default), found {keep!r}.')
-  keep = keep == '1'
-  return tunables_with_huge_pages(os.environ.get('GLIBC_TUNABLES'), keep_freed=keep)
+  return keep == '1'
 
 
-def reexec_with_huge_pages() -> None:
-  """Starts this command again with ``glibc.malloc.hugetlb=1`` where that helps (see the module
-  docstring); returns without doing anything otherwise. Call it before any work is done."""
-  tunables = tunables_for_this_machine()
-  if tunables is None:
+def reexec_for_host_memory() -> None:
+  """Starts this command again with the allocator settings of ``environment_for_this_machine``
+  where they are missing (see the module docstring); returns without doing anything otherwise.
+  Call it before any work is done."""
+  changes = environment_for_this_machine()
+  if not changes:
     return
   argv = getattr(sys, 'orig_argv', None)
   if not argv:
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, *argv[1:]],
-            {**os.environ, 'GLIBC_TUNABLES': tunables})
+  os.execve(sys.executable, [sys.executable, *argv[1:]], {**os.environ, **changes})

@@ -45,5 +45,5 @@ def main(argv) -> None:
 
 
 if __name__ == '__main__':
-  host_memory.reexec_with_huge_pages()
+  host_memory.reexec_for_host_memory()
   app.run(main)

@@ -199,3 +199,12 @@ def test_bad_command_lines_fail_before_measuring(args, message, tmp_path):
   assert message in result.stderr, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'b.json').exists()
+
+
+def test_the_table_names_the_host_allocator():
+  assert benchmark._host_allocator({'host_allocator': 'jemalloc', 'malloc_conf': 'narenas:2'}) == (
+      'host allocator jemalloc (MALLOC_CONF narenas:2)')
+  glibc = {'host_allocator': 'glibc', 'huge_pages': True, 'transparent_huge_pages': 'madvise'}
+  assert benchmark._host_allocator(glibc) == 'host huge pages on (kernel: madvise)'
+  assert benchmark._host_allocator({**glibc, 'keeps_freed_memory': True}) == (
+      'host huge pages on (kernel: madvise), freed host memory kept')
