@@ -15,10 +15,11 @@ jemalloc gives blocks above 8 MiB an arena of their own that returns them to the
 arenas, which keep freed pages for the next allocation and give them back after 10 s unused.
 Without background threads an arena gives pages back only when a thread allocates from it
 again, so memory freed by threads that had finished stayed: a FineDual ``bench`` benchmark run
-peaked at 19,354 MiB of host memory, against 13,264 MiB with them (glibc: 11,323 MiB). Measured
-on a 2-core AMD EPYC (Zen 4): the step took 12.1-12.9 s with 0.00-0.08 s of system time and
-the same losses as with glibc (15.5-16.5 s with huge pages, the same day); the sampler's speed
-did not change. ``FINEDUAL_JEMALLOC=0`` turns this off; a ``MALLOC_CONF`` of the user's own is
+peaked at 19,354 MiB of host memory, against 13,264 MiB with them (glibc, another day: 11,323
+MiB). Measured on a 2-core AMD EPYC (Zen 4): the step took 12.1-12.9 s with 0.00-0.08 s of
+system time (threshold 0, a 60 s decay) and the same losses as with glibc (15.5-16.5 s with
+huge pages, the same day); the benchmark's FineDual step 12.4 s; the sampler's speed did not
+change. ``FINEDUAL_JEMALLOC=0`` turns this off; a ``MALLOC_CONF`` of the user's own is
 kept.
 
 **Otherwise glibc** (2.35 and later) is asked for transparent huge pages (2 MiB) for those
@@ -27,8 +28,9 @@ zeroes, and with its ``defrag`` mode at ``madvise`` compacts memory for, every 2
 each new mapping. ``FINEDUAL_KEEP_HOST_MEMORY=1`` also keeps freed blocks inside the process
 for the next call (``KEEP_FREED``: every thread on glibc's main heap, no ``mmap`` for large
 blocks, no trimming): there the step ran in 11.4-11.8 s with no faults and the same losses. It
-is opt-in because glibc's heap then fragments: one ``bench`` benchmark run peaked at 19.2 GiB
-of host memory against 10.5-11.1 GiB without it, with one step that faulted a second block in.
+is opt-in because nothing then bounds what is kept: one ``bench`` benchmark run peaked at 19.2
+GiB of host memory against 10.5-11.1 GiB without it, with one step that faulted a second block
+in (probably taken while the previous call's was not yet freed; not traced).
 Nothing is added off Linux, without glibc 2.35+, where the kernel's transparent huge pages are
 off ('never'), where ``GLIBC_TUNABLES`` already names the settings (the re-executed process
 itself, or a user's own choice), or with ``FINEDUAL_HUGE_PAGES=0``.
