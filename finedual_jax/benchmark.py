@@ -159,10 +159,10 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
       compute_dtype=precision.compute_dtype(config.model), chunk=chunk)
   sample_fn = make_sampler()
   onednn_dots = xla_cpu.forward_compiler_options() is not None  # What make_sampler compiled with.
+  chunk = generation.sample_chunk_size(length, model.width)  # What make_sampler uses.
   results = []
   for batch in batch_sizes:
     noise = jnp.zeros((batch, length, 2, artifacts.representation.feature_dim))
-    chunk = generation.sample_chunk_size(length, model.width)  # What make_sampler uses.
     mask = jnp.ones((batch, length))
     tokens = jnp.full((batch, config.data.max_text_len), 5, jnp.int32)
     persons = jnp.full((batch, 2, config.data.max_text_len), 5, jnp.int32)
