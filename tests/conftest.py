@@ -17,6 +17,24 @@ if (_tunables := host_memory.tunables_for_this_machine()) is not None:
 import pytest  # noqa: E402  (after the environment above, before anything imports JAX)
 
 
+@pytest.fixture(scope='module')
+def compile_cache(tmp_path_factory):
+  """JAX's persistent compilation cache, on for the module that asks: its runs that compile the
+  same step load it instead of compiling it again (the path, for subprocesses' environment)."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache
+  path = tmp_path_factory.mktemp('compilation_cache')
+  previous = {k: jax.config.values[k] for k in ('jax_compilation_cache_dir',
+                                                'jax_persistent_cache_min_compile_time_secs')}
+  jax.config.update('jax_compilation_cache_dir', str(path))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  compilation_cache.reset_cache()
+  yield path
+  for key, value in previous.items():
+    jax.config.update(key, value)
+  compilation_cache.reset_cache()
+
+
 @pytest.fixture(scope='session')
 def trained_run(tmp_path_factory):
   """The tiny default config trained once per test session: (config, workdir, summary)."""

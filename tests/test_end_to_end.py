@@ -67,20 +67,15 @@ def test_restored_checkpoint_equals_the_trained_state_and_samples_deterministica
                         max_text_len=config.data.max_text_len)
 
 
-def test_training_resumes_from_the_latest_checkpoint(run, capsys, tmp_path):
-  config, workdir, summary = run
-  workdir = shutil.copytree(workdir, tmp_path / 'run')  # Other tests read the shared run.
-  config = default.get_config('size=tiny')
-  config.train.num_steps += 2
-  config.sample.text = ''
-  resumed = trainer.train_and_evaluate(config, workdir)
-  assert resumed['step'] == config.train.num_steps
-  assert 'resumed from' in capsys.readouterr().out
-
-
-def _resume_from_step_3(run, tmp_path, *, drop_data_state: bool):
-  """A run 'killed' right after checkpoint 3: a workdir holding only that checkpoint, resumed."""
+def _resume_from_step_3(run, tmp_path, monkeypatch, *, drop_data_state: bool):
+  """A run 'killed' right after checkpoint 3: a workdir holding only that checkpoint, resumed.
+  The restored state replaces the initial one, so the initialisers must not even run."""
   config, workdir, _ = run
+
+  def no_initial_state(*args, **kwargs):
+    raise AssertionError('a resumed run computed an initial state')
+
+  monkeypatch.setattr(trainer, 'initial_state', no_initial_state)
   resumed_dir = tmp_path / 'resumed'
   shutil.copytree(workdir / 'data', resumed_dir / 'data')
   shutil.copytree(workdir / 'checkpoints' / '3', resumed_dir / 'checkpoints' / '3')
@@ -96,9 +91,13 @@ def _params_at(workdir, step):
   return jax.tree.leaves(jax.device_get(trainer.load_trained(workdir, step)[2].params))
 
 
-def test_resumed_run_reads_the_same_batches_and_ends_with_identical_parameters(run, tmp_path):
+# Both resumed runs compile the same steps: the second loads them from the compile_cache.
+def test_resumed_run_reads_the_same_batches_and_ends_with_identical_parameters(
+    run, tmp_path, monkeypatch, capsys, compile_cache):
   config, workdir, _ = run
-  resumed_dir = _resume_from_step_3(run, tmp_path, drop_data_state=False)
+  resumed_dir = _resume_from_step_3(run, tmp_path, monkeypatch, drop_data_state=False)
+  out = capsys.readouterr().out
+  assert f'resumed from {resumed_dir / "checkpoints"} at step 3' in out, out
   for a, b in zip(_params_at(workdir, 6), _params_at(resumed_dir, 6)):
     np.testing.assert_array_equal(a, b)
   logged = {r['step']: r for r in map(json.loads, (workdir / 'metrics.jsonl').read_text()
@@ -109,9 +108,10 @@ def test_resumed_run_reads_the_same_batches_and_ends_with_identical_parameters(r
     assert record == logged[record['step']]
 
 
-def test_resume_without_a_saved_pipeline_state_warns_and_reseeds(run, tmp_path, capsys):
+def test_resume_without_a_saved_pipeline_state_warns_and_reseeds(run, tmp_path, monkeypatch,
+                                                                capsys, compile_cache):
   config, workdir, _ = run
-  resumed_dir = _resume_from_step_3(run, tmp_path, drop_data_state=True)
+  resumed_dir = _resume_from_step_3(run, tmp_path, monkeypatch, drop_data_state=True)
   out = capsys.readouterr().out
   assert 'warning: checkpoint 3 has no input-pipeline state' in out
   assert f'restarts with seed {config.seed + 3}' in out

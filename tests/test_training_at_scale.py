@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 import multihost_worker
 from experiments import default
@@ -68,20 +67,6 @@ def _config(**train):
   for key, value in train.items():
     config.train[key] = value
   return config
-
-
-@pytest.fixture(scope='module')
-def compile_cache(tmp_path_factory):
-  path = tmp_path_factory.mktemp('compilation_cache')
-  previous = {k: jax.config.values[k] for k in ('jax_compilation_cache_dir',
-                                                'jax_persistent_cache_min_compile_time_secs')}
-  jax.config.update('jax_compilation_cache_dir', str(path))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  compilation_cache.reset_cache()
-  yield path
-  for key, value in previous.items():
-    jax.config.update(key, value)
-  compilation_cache.reset_cache()
 
 
 @pytest.fixture(scope='module')
