@@ -1,6 +1,8 @@
 """Every denoiser (FineDual, its ablations, the baselines): shapes, person-swap equivariance,
 padding invariance, conditioning, and the auxiliary outputs the losses need."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -41,27 +43,38 @@ def _inputs():
   return x, t, mask, text, persons
 
 
+def perturb(params, scale=0.05, seed=1):
+  """Every weight moved by ``scale`` * N(0, 1), drawn on the host (nothing to compile): the head
+  is zero-initialised (the prediction starts at 0) and AdaLN gates start closed, so tests of
+  what the network mixes need this."""
+  rng = np.random.default_rng(seed)
+  return jax.device_put(jax.tree.map(
+      lambda p: np.asarray(p) + scale * rng.standard_normal(p.shape, np.float32), params))
+
+
+@functools.cache
+def _initial_params(variant):
+  """Initialised once per variant (compiled: flax's initialisers are one program)."""
+  return jax.jit(_model(variant).init)(jax.random.key(3), *_inputs())['params']
+
+
+@functools.cache
+def _perturbed_params(variant):
+  return perturb(_initial_params(variant))
+
+
 @pytest.fixture(scope='module', params=sorted(VARIANTS))
 def setup(request):
-  model = _model(request.param)
-  x, t, mask, text, persons = _inputs()
-  params = model.init(jax.random.key(3), x, t, mask, text, persons)['params']
-  # The head is zero-initialised (the prediction starts at 0) and AdaLN gates start closed;
-  # perturb every weight so the invariance tests see a network that mixes its inputs.
-  leaves, tree = jax.tree.flatten(params)
-  noise = jax.random.split(jax.random.key(9), len(leaves))
-  params = jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape)
-                                     for p, k in zip(leaves, noise)])
+  model, params = _model(request.param), _perturbed_params(request.param)
   apply = jax.jit(lambda *a: model.apply({'params': params}, *a))
-  return request.param, apply, (x, t, mask, text, persons)
+  return request.param, apply, _inputs()
 
 
 def test_output_shape_zero_init_head_and_aux():
   x, t, mask, text, persons = _inputs()
   for variant in VARIANTS:
-    model = _model(variant)
-    params = model.init(jax.random.key(0), x, t, mask, text, persons)
-    out, aux = model.apply(params, x, t, mask, text, persons)
+    params = {'params': _initial_params(variant)}
+    out, aux = jax.jit(_model(variant).apply)(params, x, t, mask, text, persons)
     assert out.shape == (B, T, 2, 262), variant
     np.testing.assert_array_equal(np.asarray(out), 0.0)
     if VARIANTS[variant]['name'] != 'finedual':
@@ -183,9 +196,7 @@ def test_remat_changes_memory_not_results(variant):
   extra = TINY_FINEDUAL if fields['name'] == 'finedual' else TINY
   models = [factory.build_model(ml_collections.ConfigDict(dict(extra, remat=remat, **fields)),
                                 vocab_size=V, max_text_len=L) for remat in (False, True)]
-  params = models[0].init(jax.random.key(3), x, t, mask, text, persons)['params']
-  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape),
-                        params)
+  params = _perturbed_params(variant)  # models[0]'s: the same fields, remat off.
   remat_shapes = jax.eval_shape(models[1].init, jax.random.key(3), x, t, mask, text, persons)
   assert jax.tree.structure(remat_shapes['params']) == jax.tree.structure(params)
 
@@ -194,7 +205,7 @@ def test_remat_changes_memory_not_results(variant):
                          rngs={'dropout': jax.random.key(2)})
     return jnp.sum(out ** 2)
 
-  values = [jax.value_and_grad(lambda p, m=m: loss(m, p))(params) for m in models]
+  values = [jax.jit(jax.value_and_grad(functools.partial(loss, m)))(params) for m in models]
   np.testing.assert_allclose(values[0][0], values[1][0], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(values[0][1]), jax.tree.leaves(values[1][1])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # Reassociated float32 sums.
@@ -212,10 +223,9 @@ def test_training_with_dropout_draws_masks_from_the_dropout_rng(variant):
   model = factory.build_model(ml_collections.ConfigDict(dict(extra, **fields)), vocab_size=V,
                               max_text_len=L)
   x, t, mask, text, persons = _inputs()
-  params = model.init(jax.random.key(3), x, t, mask, text, persons)['params']
-  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape),
-                        params)
+  params = _perturbed_params(variant)  # Dropout adds no parameters.
 
+  @jax.jit
   def train(seed):
     loss = lambda p: jnp.sum(model.apply(
         {'params': p}, x, t, mask, text, persons, deterministic=False,
@@ -225,5 +235,5 @@ def test_training_with_dropout_draws_masks_from_the_dropout_rng(variant):
   (a, grads), (again, _), (b, _) = train(0), train(0), train(1)
   assert a == again and a != b
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
-  run = lambda: model.apply({'params': params}, x, t, mask, text, persons)[0]
-  np.testing.assert_array_equal(np.asarray(run()), np.asarray(run()))
+  run = jax.jit(lambda p: model.apply({'params': p}, x, t, mask, text, persons)[0])
+  np.testing.assert_array_equal(np.asarray(run(params)), np.asarray(run(params)))

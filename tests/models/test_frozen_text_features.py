@@ -88,12 +88,9 @@ def _feature_inputs():
 def frozen_setup(request):
   model = denoiser_tests._model(request.param)
   x, t, mask, text, persons = _feature_inputs()
-  params = model.init(jax.random.key(3), x, t, mask, text, persons)['params']
+  params = jax.jit(model.init)(jax.random.key(3), x, t, mask, text, persons)['params']
   assert 'token_embed' not in json.dumps(jax.tree.map(lambda a: 0, params))
-  leaves, tree = jax.tree.flatten(params)
-  noise = jax.random.split(jax.random.key(9), len(leaves))
-  params = jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape)
-                                     for p, k in zip(leaves, noise)])
+  params = denoiser_tests.perturb(params)
   apply = jax.jit(lambda *a: model.apply({'params': params}, *a))
   return request.param, apply, (x, t, mask, text, persons)
 

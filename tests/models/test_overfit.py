@@ -15,7 +15,8 @@ from finedual_jax.diffusion import losses
 from finedual_jax.diffusion.schedule import Schedule, q_sample
 from finedual_jax.models import factory
 
-B, T, V, STEPS = 4, 12, 40, 150
+# The total loss falls 10x within 50-67 steps for every config here (measured; 20x by 150).
+B, T, V, STEPS = 4, 12, 40, 100
 CONFIGS = {
     'finedual': lambda: finedual.get_config('size=tiny'),
     'intergen': lambda: baseline_common.baseline_config('intergen', 'size=tiny'),
@@ -47,7 +48,7 @@ def test_overfits_one_batch(name):
   drop = jnp.zeros((B,), bool)
   weights = trainer.loss_weights(config)
   mean, std = jnp.zeros(262), jnp.ones(262)
-  params = model.init(jax.random.key(0), x_t, t, mask, text, persons)['params']
+  params = jax.jit(model.init)(jax.random.key(0), x_t, t, mask, text, persons)['params']
   mesh = jax.make_mesh((1,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
 
   def loss_fn(params):
