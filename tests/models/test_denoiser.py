@@ -23,7 +23,10 @@ VARIANTS = {
 }
 TINY = dict(width=32, num_heads=2, ff_dim=64, text_width=32, text_layers=1, text_heads=2,
             dropout=0.0)
-TINY_FINEDUAL = dict(TINY, graph_hidden=16, embed_dim=16, graph_rounds=1)
+# One block of each kind: what these tests check does not depend on depth, and each FineDual
+# variant's initialiser compiles 15-35% faster than with the default two (measured here).
+TINY_FINEDUAL = dict(TINY, graph_hidden=16, embed_dim=16, graph_rounds=1, individual_layers=1,
+                     interaction_layers=1, refinement_layers=1)
 
 
 def _model(variant):
