@@ -24,9 +24,8 @@ def test_cast_keeps_integer_leaves_and_unknown_dtypes_are_named():
 def test_bfloat16_forward_tracks_float32_and_returns_float32():
   model = denoiser_tests._model('finedual')
   x, t, mask, text, persons = denoiser_tests._inputs()
-  params = jax.jit(model.init)(jax.random.key(3), x, t, mask, text, persons)['params']
-  params = denoiser_tests.perturb(params)
-  # Compiled, as in training and sampling (op by op, this forward takes ~30 s on 2 cores).
+  params = denoiser_tests.perturb(denoiser_tests._initial_params('finedual'))
+  # Compiled, as in training and sampling.
   full, aux = jax.jit(precision.apply, static_argnums=0)(model, params, x, t, mask, text,
                                                          persons)
   half, aux_half = jax.jit(precision.apply, static_argnums=0, static_argnames='dtype')(
