@@ -22,8 +22,9 @@ In one run it measures:
 * sampling: one full DDIM run (50 steps, all guidance branches in one forward pass) at T = 300
   for batches of 1, 4 and 32: seconds per batch and MFU;
 * the input pipeline's examples/s at T = 300;
-* with ``--profile_dir``, where each training step's time goes: two steps traced with
-  ``jax.profiler`` and their op time split by model component (``finedual_jax/profiling.py``).
+* with ``--profile_dir``, where the time goes: two training steps and one DDIM run (of the
+  first sampling batch) per model traced with ``jax.profiler``, their op time split by model
+  component (``finedual_jax/profiling.py``).
 
 It prints a table last and writes every figure to ``--out``. On a GPU/TPU machine run the same
 command there (``pip install -U "jax[cuda12]"`` or ``"jax[tpu]"`` first); the reference peaks
@@ -136,8 +137,13 @@ def bench_config(model: str, size: str):
 
 
 def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: Sequence[int],
-                        length: int, ddim_steps: int, peak: float) -> list[dict[str, Any]]:
-  """Seconds and MFU of one full guided DDIM run per batch size (untrained weights)."""
+                        length: int, ddim_steps: int, peak: float,
+                        profile_dir: str | None = None) -> list[dict[str, Any]]:
+  """Seconds and MFU of one full guided DDIM run per batch size (untrained weights).
+
+  With ``profile_dir``, one more run of the first batch size is traced into it and its op time
+  broken down by model component (its result's ``profile``; None for the other sizes).
+  """
   import jax
   import jax.numpy as jnp
 
@@ -175,11 +181,15 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
     seconds = _timed(lambda: compiled(*args).block_until_ready())
     if seconds < 2.0:  # Short runs are noisy: best of three more.
       seconds = min(_timed(lambda: compiled(*args).block_until_ready()) for _ in range(3))
+    profile = None
+    if profile_dir is not None and not results:  # Traced after the timed run, not during it.
+      profile = profiling.profile_components(compiled, args, trace_dir=profile_dir, calls=1)
     results.append({'model': config.model.name, 'batch': batch, 'length': length,
                     'ddim_steps': ddim_steps, 'compile_s': compile_s, 'seconds': seconds,
                     'flops': flops, 'mfu': flops / seconds / peak, 'peak_flops_per_s': peak,
                     'compute_dtype': config.model.get('compute_dtype', 'float32'),
-                    'onednn_dots': onednn_dots, 'chunk': min(chunk or batch, batch)})
+                    'onednn_dots': onednn_dots, 'chunk': min(chunk or batch, batch),
+                    'profile': profile})
   return results
 
 
@@ -288,11 +298,16 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
     if size == 'bench' or sample_all:
       for r in sampling_throughput(config, artifacts, batch_sizes=sample_batches,
                                    length=min(sample_length, config.data.max_len),
-                                   ddim_steps=ddim_steps, peak=reference):
+                                   ddim_steps=ddim_steps, peak=reference,
+                                   profile_dir=None if trace_dir is None
+                                   else f'{trace_dir}_sampling'):
         r['size'] = size
         sampling.append(r)
         log(f'sample {model}/{size} batch {r["batch"]}: {r["seconds"]:.1f} s, MFU '
             f'{r["mfu"]:.1%}')
+        if r['profile'] is not None:
+          log(profiling.format_components(f'profile sampling {model}/{size} batch {r["batch"]}',
+                                          r['profile']))
   memory = []
   if memory_check:
     for remat in (False, True):
@@ -348,6 +363,10 @@ def format_table(report: dict[str, Any]) -> str:
     for r in report['sampling']:
       lines.append(f'{_label(r):<22}{r["batch"]:>9}{r["seconds"]:>8.1f}'
                    f'{r["flops"] / 1e12:>9.2f}{r["mfu"]:>7.1%}')
+    for r in report['sampling']:
+      if r.get('profile'):
+        lines.append(profiling.format_components(
+            f'where {_label(r)} spends a DDIM run (batch {r["batch"]})', r['profile']))
   return '\n'.join(lines)
 
 
@@ -383,8 +402,9 @@ def main() -> None:
       lock_config=True)
   profile_dir = flags.DEFINE_string(
       'profile_dir', None, 'Also trace two training steps per model into this folder '
-      '(<model>_<size>/, for TensorBoard/XProf/Perfetto) and print where their op time goes '
-      'by model component (attention, feed-forward, graph, losses, optimizer, ...).')
+      '(<model>_<size>/, for TensorBoard/XProf/Perfetto) and one more DDIM run of the first '
+      'sampling batch (<model>_<size>_sampling/), and print where their op time goes by model '
+      'component (attention, feed-forward, graph, losses, optimizer, ...).')
   memory_check = flags.DEFINE_bool(
       'memory_check', False, 'Also compile (not run) the paper-scale FineDual step at batch 32, '
       'T=300, with and without remat, and report its device memory. On CPU XLA\'s memory '

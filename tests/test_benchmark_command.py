@@ -126,6 +126,29 @@ def test_profile_dir_breaks_each_training_step_down_by_component(tiny_report, wo
   assert 'where intergen/tiny spends its step: ' in benchmark.format_table(report)
 
 
+def test_profile_dir_breaks_the_first_sampling_run_down_by_component(tiny_report, workdir):
+  report, lines = tiny_report
+  first, second = report['sampling']
+  assert second['profile'] is None  # One traced run per model: batch 32 would take minutes.
+  profile = first['profile']
+  parts = profile['components']
+  for name in ('attention projections', 'attention', 'feed-forward', 'AdaLN', 'text encoder'):
+    assert parts[name] > 0, name
+  # A forward pass: no losses, no optimizer.
+  assert parts['losses'] == parts['optimizer'] == 0
+  assert sum(parts.values()) == pytest.approx(profile['op_seconds_per_call'])
+  # The DDIM loop's products, counted per run of the loop body, come to about the FLOPs the
+  # benchmark counts for the run (the body's cost analysis times the DDIM steps).
+  flops = profile['flops_per_call']
+  assert flops['feed-forward'] > 0 and flops['losses'] == 0
+  assert 0.8 * first['flops'] < sum(flops.values()) < 1.3 * first['flops']
+  trace_dir = workdir / 'profiles' / 'intergen_tiny_sampling'
+  assert profile['trace_dir'] == str(trace_dir) and list(trace_dir.glob('**/*.xplane.pb'))
+  assert any(line.startswith('profile sampling intergen/tiny batch 1: ') for line in lines)
+  table = benchmark.format_table(report)
+  assert 'where intergen/tiny spends a DDIM run (batch 1): ' in table
+
+
 def test_training_flops_do_not_count_what_remat_recomputes(tiny_report, workdir):
   (_, config), = benchmark.bench_configs(['intergen'], ['tiny'])
   with config.unlocked():
