@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from unittest import mock
+import warnings
+
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image, ImageSequence
@@ -151,10 +156,13 @@ _NO_FFMPEG = 'no ffmpeg binary (pip install imageio-ffmpeg, or put ffmpeg on PAT
 
 def _mp4_frames(path) -> tuple[dict, list[np.ndarray]]:
   imageio_ffmpeg = pytest.importorskip('imageio_ffmpeg', reason='decoding needs imageio-ffmpeg')
-  reader = imageio_ffmpeg.read_frames(str(path))
-  meta = next(reader)
-  width, height = meta['size']
-  return meta, [np.frombuffer(f, dtype=np.uint8).reshape(height, width, 3) for f in reader]
+  # By default imageio-ffmpeg starts its decoder with preexec_fn=os.setpgrp: a real fork,
+  # which JAX warns about (and which can deadlock) once a test in this worker has run JAX.
+  with mock.patch.dict(os.environ, {'IMAGEIO_FFMPEG_NO_PREVENT_SIGINT': '1'}):
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    width, height = meta['size']
+    return meta, [np.frombuffer(f, dtype=np.uint8).reshape(height, width, 3) for f in reader]
 
 
 @pytest.mark.skipif(not render.ffmpeg_available(), reason=_NO_FFMPEG)
@@ -187,6 +195,20 @@ def test_mp4_of_odd_size_is_padded_to_even(tmp_path):
   path = render.render_video(_two_persons(3, 0.6), tmp_path / 'odd.mp4', size_px=65)
   _, frames = _mp4_frames(path)
   assert len(frames) == 3 and frames[0].shape == (66, 66, 3)
+
+
+@pytest.mark.skipif(not render.ffmpeg_available(), reason=_NO_FFMPEG)
+def test_mp4_is_written_without_forking_a_running_jax_process(tmp_path):
+  # generate.py writes MP4s from the process that sampled: starting ffmpeg must not fork it
+  # (subprocess forks for real only with a preexec_fn, and JAX's threads could deadlock the
+  # child), and JAX says when something does.
+  jnp.ones(2).block_until_ready()
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    _, frames = _mp4_frames(render.render_video(_two_persons(2, 0.6), tmp_path / 'a.mp4',
+                                                size_px=64))
+  assert len(frames) == 2
+  assert not [w for w in caught if 'os.fork()' in str(w.message)]
 
 
 def test_mp4_without_ffmpeg_says_how_to_get_it(tmp_path, monkeypatch):
