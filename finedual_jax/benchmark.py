@@ -193,12 +193,31 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
   return results
 
 
+def compile_only_devices(topology: str) -> list[Any]:
+  """The chips of the TPU ``topology`` (e.g. 'v5e:2x2', whose chips have 16 GiB of HBM) as
+  devices to compile for without having them: XLA's TPU compiler from libtpu, on any host
+  (``pip install "jax[tpu]"``). One process at a time may use libtpu."""
+  from jax.experimental import topologies
+
+  try:
+    return list(topologies.get_topology_desc(topology_name=topology, platform='tpu').devices)
+  except RuntimeError as e:
+    raise ValueError(
+        f'--memory_topology={topology}: cannot compile for this TPU topology here ({e}). It '
+        'needs libtpu (pip install "jax[tpu]"; no TPU needed) and a topology name such as '
+        'v5e:2x2 or v4:2x2x1.') from None
+
+
 def training_memory(model: str = 'finedual', *, batch: int = 32, max_len: int = 300,
-                    remat: bool = False, vocab_size: int = 1000) -> dict[str, Any]:
-  """Bytes the paper-scale training step needs on one device at ``batch`` (compiled, not run).
+                    remat: bool = False, vocab_size: int = 1000, size: str = 'paper',
+                    device: Any = None) -> dict[str, Any]:
+  """Bytes the training step of ``model`` at ``size`` needs on one device at ``batch``
+  (compiled, not run), on ``device`` (default: this process's first device; a device of
+  ``compile_only_devices`` compiles for a TPU chip from any host).
 
   Arguments + outputs + temporaries of the compiled step, minus donated buffers, from XLA's
-  memory analysis: what has to fit in device memory.
+  memory analysis: what has to fit in device memory. Attention is XLA's (the fused CPU kernel
+  exists only for CPUs) unless the device is this machine's CPU.
   """
   import jax
   import jax.numpy as jnp
@@ -207,33 +226,82 @@ def training_memory(model: str = 'finedual', *, batch: int = 32, max_len: int = 
   from finedual_jax import trainer
   from finedual_jax.data import batch as batch_lib
   from finedual_jax.diffusion.schedule import Schedule
+  from finedual_jax.models import layers
   from finedual_jax.models.factory import build_model
   from finedual_jax import parallel
 
-  config = importlib.import_module(MODELS[model]).get_config('size=paper,dataset=synthetic')
+  device = jax.devices()[0] if device is None else device
+  config = importlib.import_module(MODELS[model]).get_config(f'size={size},dataset=synthetic')
   config.unlock()
   config.model.remat = remat
   config.train.batch_size = batch
   config.data.max_len = max_len
   config.lock()
-  mesh = parallel.make_mesh(1)
+  mesh = jax.make_mesh((1,), (parallel.DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=[device])
   net = build_model(config.model, vocab_size=vocab_size, max_text_len=config.data.max_text_len)
   tx = trainer.make_optimizer(config)
   state = jax.eval_shape(lambda: train_state_lib.create(
       trainer.init_params(net, config, jax.random.key(0)), tx, jax.random.key(1)))
+  placed = lambda tree, sharding: jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
+  state = placed(state, parallel.replicated(mesh))
   spec = batch_lib.spec(batch, max_len, config.data.max_text_len)
-  batch_shapes = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in spec.items()}
-  step = parallel.data_parallel(trainer.make_train_step(
-      net, tx, Schedule.cosine(config.diffusion.num_steps), config, jnp.zeros(262),
-      jnp.ones(262)), mesh)
+  batch_shapes = placed({k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype)
+                         in spec.items()}, parallel.batch_sharding(mesh))
+  attention = 'auto' if device.platform == jax.default_backend() == 'cpu' else 'xla'
   start = time.perf_counter()
-  memory = step.lower(state, batch_shapes).compile().memory_analysis()
+  with layers.attention_implementation(attention):
+    step = parallel.data_parallel(trainer.make_train_step(
+        net, tx, Schedule.cosine(config.diffusion.num_steps), config, jnp.zeros(262),
+        jnp.ones(262)), mesh)
+    memory = step.lower(state, batch_shapes).compile().memory_analysis()
   total = (memory.argument_size_in_bytes + memory.output_size_in_bytes +
            memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-  return {'model': model, 'batch': batch, 'max_len': max_len, 'remat': remat,
-          'compile_s': time.perf_counter() - start, 'bytes': int(total),
-          'temp_bytes': int(memory.temp_size_in_bytes),
+  return {'model': model, 'size': size, 'batch': batch, 'max_len': max_len, 'remat': remat,
+          'device': device.device_kind, 'compile_s': time.perf_counter() - start,
+          'bytes': int(total), 'temp_bytes': int(memory.temp_size_in_bytes),
           'argument_bytes': int(memory.argument_size_in_bytes)}
+
+
+def topology_memory(topology: str, **kwargs) -> dict[str, Any]:
+  """``training_memory`` of the paper-scale FineDual step on one chip of the TPU ``topology``,
+  compiled in a new process on the C library's allocator. With jemalloc preloaded (as the
+  command lines do) libtpu 0.0.42's compiler overflowed a thread's stack compiling the remat
+  step here (twice; it compiled without jemalloc), and only one process at a time may hold
+  libtpu."""
+  return _in_a_fresh_process(_topology_memory, topology, kwargs)
+
+
+def _topology_memory(topology: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+  return training_memory('finedual', device=compile_only_devices(topology)[0], **kwargs)
+
+
+def _device_kind(topology: str) -> str:
+  return compile_only_devices(topology)[0].device_kind
+
+
+def _in_a_fresh_process(fn, *args):
+  """``fn(*args)`` in a new Python process (spawned, so no JAX state is inherited, and without
+  jemalloc); its exceptions are raised here."""
+  import concurrent.futures
+  import multiprocessing
+
+  context = multiprocessing.get_context('spawn')
+  saved = dict(os.environ)
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    try:
+      os.environ.clear()  # The worker starts at submit, with this environment.
+      os.environ.update(host_memory.without_jemalloc(saved))
+      future = pool.submit(fn, *args)
+    finally:
+      os.environ.clear()
+      os.environ.update(saved)
+    try:
+      return future.result()
+    except concurrent.futures.process.BrokenProcessPool:
+      raise RuntimeError(f'benchmark: the process running {fn.__name__}{args} died (its '
+                         'output above says why).') from None
 
 
 def bench_configs(models: Sequence[str], sizes: Sequence[str], *,
@@ -252,10 +320,13 @@ def bench_configs(models: Sequence[str], sizes: Sequence[str], *,
 def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
         sample_batches: Sequence[int], sample_length: int, ddim_steps: int,
         pipeline_batches: int, train_seconds: float = 3.0, memory_check: bool = False,
-        profile_dir: str | None = None, log=print) -> dict[str, Any]:
+        memory_topology: str | None = None, profile_dir: str | None = None,
+        log=print) -> dict[str, Any]:
   """Measures every (size label, config) of ``configs``; sampling for the 'bench' size, or for
   every config when none is 'bench'. With ``profile_dir``, each training step is also traced
-  into ``profile_dir/<model>_<size>`` and its op time broken down by component."""
+  into ``profile_dir/<model>_<size>`` and its op time broken down by component. With
+  ``memory_check``, the paper-scale FineDual step's memory on this process's first device, or
+  on one chip of the TPU topology ``memory_topology`` (``topology_memory``)."""
   import jax
 
   def measure_peak(when: str) -> dict[str, float]:
@@ -311,9 +382,10 @@ def run(*, configs: Sequence[tuple[str, Any]], workdir: str, train_steps: int,
   memory = []
   if memory_check:
     for remat in (False, True):
-      memory.append(training_memory('finedual', remat=remat))
-      log(f'paper FineDual, batch 32, T=300, remat={remat}: '
-          f'{memory[-1]["bytes"] / 2**30:.1f} GiB (target: fits in 16 GiB)')
+      memory.append(training_memory('finedual', remat=remat) if memory_topology is None
+                    else topology_memory(memory_topology, remat=remat))
+      log(f'paper FineDual, batch 32, T=300, remat={remat}, on {memory[-1]["device"]}: '
+          f'{memory[-1]["bytes"] / 2**30:.2f} GiB (target: fits in 16 GiB)')
   peaks = [peak, measure_peak('end')]
   peak = best_peak(peaks)
   _against(training + sampling, peak)
@@ -356,8 +428,8 @@ def format_table(report: dict[str, Any]) -> str:
       lines.append(profiling.format_components(f'where {_label(r)} spends its step',
                                                r['profile']))
   for r in report.get('paper_memory', []):
-    lines.append(f'paper FineDual B={r["batch"]} T={r["max_len"]} remat={r["remat"]}: '
-                 f'{r["bytes"] / 2**30:.1f} GiB')
+    lines.append(f'paper FineDual B={r["batch"]} T={r["max_len"]} remat={r["remat"]} on '
+                 f'{r["device"]}: {r["bytes"] / 2**30:.2f} GiB')
   if report['sampling']:
     lines.append(f'{"sampling (DDIM)":<22}{"batch":>9}{"s":>8}{"TFLOP":>9}{"MFU":>7}')
     for r in report['sampling']:
@@ -408,7 +480,13 @@ def main() -> None:
   memory_check = flags.DEFINE_bool(
       'memory_check', False, 'Also compile (not run) the paper-scale FineDual step at batch 32, '
       'T=300, with and without remat, and report its device memory. On CPU XLA\'s memory '
-      'analysis does not credit rematerialisation, so run this on the GPU/TPU in question.')
+      'analysis does not credit rematerialisation, so run this on the GPU/TPU in question, or '
+      'name a TPU topology with --memory_topology.')
+  memory_topology = flags.DEFINE_string(
+      'memory_topology', None, 'With --memory_check: compile for one chip of this TPU topology '
+      '(e.g. v5e:2x2, 16 GiB per chip) instead of this machine\'s device, from any host: it '
+      'needs libtpu (pip install "jax[tpu]"), not a TPU. On a host without TPUs set '
+      'JAX_PLATFORMS=cpu.')
 
   def benchmark(argv) -> None:
     if len(argv) > 1:
@@ -416,12 +494,17 @@ def main() -> None:
     if not flags.FLAGS['verbosity'].present:
       logging.set_verbosity(logging.WARNING)
     try:
+      if memory_topology.value is not None and not memory_check.value:
+        raise ValueError('--memory_topology names where --memory_check compiles; add '
+                         '--memory_check.')
       batches = [int(b) for b in sample_batches.value]
       if config_flag.value is not None:
         config_checks.validate(config_flag.value)
         configs = [('config', config_flag.value)]
       else:  # Fails here, before any compilation, on a bad name.
         configs = bench_configs(models.value, sizes.value, compute_dtype=compute_dtype.value)
+      if memory_topology.value is not None:
+        _in_a_fresh_process(_device_kind, memory_topology.value)
     except ValueError as e:
       raise app.UsageError(str(e)) from None
     report = run(configs=configs, workdir=workdir.value,
@@ -429,7 +512,7 @@ def main() -> None:
                  sample_batches=batches,
                  sample_length=sample_length.value, ddim_steps=ddim_steps.value,
                  pipeline_batches=pipeline_batches.value, memory_check=memory_check.value,
-                 profile_dir=profile_dir.value)
+                 memory_topology=memory_topology.value, profile_dir=profile_dir.value)
     print(f'wrote {data_benchmark.write_json(out.value, report)}')
     print(format_table(report), flush=True)
     sys.stdout.flush()

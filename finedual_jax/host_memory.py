@@ -147,6 +147,19 @@ def preload_with(current: str | None, library: str) -> str | None:
   return ':'.join([e for e in entries if e] + [library])
 
 
+def without_jemalloc(environ: dict[str, str]) -> dict[str, str]:
+  """``environ`` with jemalloc taken out of ``LD_PRELOAD``, for a child process that must run
+  on the C library's allocator (see ``benchmark.topology_memory``)."""
+  environ = dict(environ)
+  entries = [e for e in environ.get('LD_PRELOAD', '').replace(' ', ':').split(':')
+             if e and 'jemalloc' not in os.path.basename(e)]
+  if entries:
+    environ['LD_PRELOAD'] = ':'.join(entries)
+  else:
+    environ.pop('LD_PRELOAD', None)
+  return environ
+
+
 def environment_for_this_machine() -> dict[str, str]:
   """The environment variables a process here should start with that it does not already have
   (empty where nothing would change; see the module docstring)."""

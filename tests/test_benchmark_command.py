@@ -2,6 +2,7 @@
 JSON, and bad command lines. Timings are printed by the command, never asserted here."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -208,11 +209,33 @@ def test_bench_configs_set_the_compute_dtype_and_reject_unknown_names():
     benchmark.bench_configs(['gpt'], ['tiny'])
 
 
+def test_memory_check_compiles_the_step_for_the_device_it_is_given():
+  # Compiled, not run: arguments (the state and the batch), outputs and temporaries.
+  device = jax.devices()[-1]
+  memory = benchmark.training_memory('intergen', size='tiny', batch=4, max_len=16, device=device)
+  assert memory['device'] == device.device_kind
+  assert (memory['size'], memory['batch'], memory['max_len']) == ('tiny', 4, 16)
+  assert 0 < memory['argument_bytes'] < memory['bytes']
+  assert 0 < memory['temp_bytes'] < memory['bytes']
+
+
+def test_topology_compiles_run_in_a_new_process_without_jemalloc(monkeypatch):
+  # libtpu's compiler overflowed a thread's stack with jemalloc preloaded; the child runs on
+  # the C library's allocator, and this process keeps its environment.
+  monkeypatch.setenv('LD_PRELOAD', 'libjemalloc.so.2')
+  assert benchmark._in_a_fresh_process(os.getenv, 'LD_PRELOAD') is None
+  assert benchmark._in_a_fresh_process(os.getpid) != os.getpid()
+  assert os.environ['LD_PRELOAD'] == 'libjemalloc.so.2'
+
+
 @pytest.mark.parametrize('args, message', [
     (['--models=gpt'], "unknown model 'gpt'"),
     (['--config=experiments/default.py:size=tiny', '--config.train.batch_size=0'],
      'config.train.batch_size = 0'),
     (['--compute_dtype=float16'], 'compute_dtype'),
+    (['--memory_topology=v5e:2x2'], 'add --memory_check'),
+    # Without libtpu (as in CI), and with it (no such topology): why, and what it needs.
+    (['--memory_check', '--memory_topology=v5e:3x3'], 'needs libtpu (pip install "jax[tpu]"'),
 ])
 def test_bad_command_lines_fail_before_measuring(args, message, tmp_path):
   result = subprocess.run([sys.executable, '-m', 'finedual_jax.benchmark',

@@ -160,6 +160,15 @@ def test_preload_adds_jemalloc_once():
   assert host_memory.preload_with('/usr/lib/x86_64-linux-gnu/libjemalloc.so.2', lib) is None
 
 
+def test_without_jemalloc_keeps_the_other_preloads():
+  environ = {'LD_PRELOAD': '/opt/libfoo.so:/usr/lib/libjemalloc.so.2 libbar.so', 'HOME': '/h'}
+  assert host_memory.without_jemalloc(environ) == {'LD_PRELOAD': '/opt/libfoo.so:libbar.so',
+                                                   'HOME': '/h'}
+  assert host_memory.without_jemalloc({'LD_PRELOAD': 'libjemalloc.so.2'}) == {}
+  assert host_memory.without_jemalloc({'HOME': '/h'}) == {'HOME': '/h'}
+  assert environ['LD_PRELOAD'].endswith('libbar.so')  # The argument is not changed.
+
+
 def test_jemalloc_library_is_found_named_or_turned_off(monkeypatch, tmp_path):
   monkeypatch.setattr(host_memory.ctypes.util, 'find_library',
                       lambda name: 'libjemalloc.so.2' if name == 'jemalloc' else None)
