@@ -139,24 +139,26 @@ def jemalloc_library() -> str | None:
   return found
 
 
+def _preloads(value: str | None) -> tuple[list[str], list[str]]:
+  """An ``LD_PRELOAD`` value (entries split by colons or spaces) -> (jemalloc entries, others)."""
+  entries = [e for e in (value or '').replace(' ', ':').split(':') if e]
+  jemalloc = [e for e in entries if 'jemalloc' in os.path.basename(e)]
+  return jemalloc, [e for e in entries if e not in jemalloc]
+
+
 def preload_with(current: str | None, library: str) -> str | None:
   """``LD_PRELOAD`` with ``library`` added, or None when it already names a jemalloc library."""
-  entries = (current or '').replace(' ', ':').split(':')
-  if any('jemalloc' in os.path.basename(entry) for entry in entries):
-    return None
-  return ':'.join([e for e in entries if e] + [library])
+  jemalloc, others = _preloads(current)
+  return None if jemalloc else ':'.join(others + [library])
 
 
 def without_jemalloc(environ: dict[str, str]) -> dict[str, str]:
   """``environ`` with jemalloc taken out of ``LD_PRELOAD``, for a child process that must run
   on the C library's allocator (see ``benchmark.topology_memory``)."""
   environ = dict(environ)
-  entries = [e for e in environ.get('LD_PRELOAD', '').replace(' ', ':').split(':')
-             if e and 'jemalloc' not in os.path.basename(e)]
-  if entries:
-    environ['LD_PRELOAD'] = ':'.join(entries)
-  else:
-    environ.pop('LD_PRELOAD', None)
+  _, others = _preloads(environ.pop('LD_PRELOAD', None))
+  if others:
+    environ['LD_PRELOAD'] = ':'.join(others)
   return environ
 
 
