@@ -222,7 +222,6 @@ def training_memory(model: str = 'finedual', *, batch: int = 32, max_len: int = 
   import jax
   import jax.numpy as jnp
 
-  from finedual_jax import train_state as train_state_lib
   from finedual_jax import trainer
   from finedual_jax.data import batch as batch_lib
   from finedual_jax.diffusion.schedule import Schedule
@@ -237,18 +236,14 @@ def training_memory(model: str = 'finedual', *, batch: int = 32, max_len: int = 
   config.train.batch_size = batch
   config.data.max_len = max_len
   config.lock()
-  mesh = jax.make_mesh((1,), (parallel.DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=[device])
+  mesh = parallel.mesh_over([device])
   net = build_model(config.model, vocab_size=vocab_size, max_text_len=config.data.max_text_len)
   tx = trainer.make_optimizer(config)
-  state = jax.eval_shape(lambda: train_state_lib.create(
-      trainer.init_params(net, config, jax.random.key(0)), tx, jax.random.key(1)))
-  placed = lambda tree, sharding: jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), tree)
-  state = placed(state, parallel.replicated(mesh))
-  spec = batch_lib.spec(batch, max_len, config.data.max_text_len)
-  batch_shapes = placed({k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype)
-                         in spec.items()}, parallel.batch_sharding(mesh))
+  state = trainer.abstract_state(net, config, tx, mesh)
+  rows = parallel.batch_sharding(mesh)
+  batch_shapes = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=rows)
+                  for k, (shape, dtype) in batch_lib.spec(batch, max_len,
+                                                          config.data.max_text_len).items()}
   attention = 'auto' if device.platform == jax.default_backend() == 'cpu' else 'xla'
   start = time.perf_counter()
   with layers.attention_implementation(attention):

@@ -11,7 +11,7 @@ device axis, never leaves this module. This is the only module that knows about 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,10 +57,15 @@ def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
   if jax.process_count() > 1 and num_devices != available:
     raise ValueError(f'parallel.num_devices: a run of {jax.process_count()} processes uses '
                      f'every device ({available}); found {num_devices}. Set it to 0.')
+  return mesh_over(jax.devices()[:num_devices])
+
+
+def mesh_over(devices: Sequence[jax.Device]) -> jax.sharding.Mesh:
+  """A 1-D data-parallel mesh over exactly ``devices`` (e.g. compile-only devices of a TPU
+  topology, for planning memory from another host)."""
   # Auto axis types: make_mesh defaults to Explicit sharding, which this code does not use.
-  return jax.make_mesh((num_devices,), (DATA_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=jax.devices()[:num_devices])
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=list(devices))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
