@@ -9,9 +9,16 @@ this project's blocks come on the machine it runs on. It builds a stack of the d
 block (``models.blocks.Block``: self-attention, cross-attention to the partner stream as in
 InterGen's cooperative blocks, feed-forward; [2B, T, width] streams) and the same network in
 PyTorch, loads the JAX parameters into it and checks that both compute the same outputs, then
-times training steps of each (forward, backward, Adam; JAX's first, then PyTorch's) and prints
-their step times and MFU against the same FLOP count (XLA's cost analysis of the JAX step with
-textbook attention) and the same matmul peak (``benchmark.matmul_peak``).
+times steps of each (JAX's first, then PyTorch's) and prints their step times and MFU against
+the same FLOP count (XLA's cost analysis of the JAX step with textbook attention) and the same
+matmul peak (``benchmark.matmul_peak``). A step is, with ``--mode train``, a training step
+(forward, backward, Adam) and, with ``--mode sample``, one forward pass without gradients,
+compiled as the sampler compiles its program (oneDNN products on a CPU) against PyTorch under
+``torch.inference_mode``: what a guided DDIM step costs. The sampler runs one example at a
+time, its three guidance branches together, so ``--streams 6`` is one DDIM step at batch 1:
+
+    python -m finedual_jax.torch_comparison --out sampling.json --mode sample --streams 6 \
+        --width 1024 --ff_dim 2048 --steps 20                   # paper width, one DDIM step
 
 Measured on a 2-core Intel Xeon (AVX-512, AMX) at the ``bench`` shapes (8 blocks, batch 16
 pairs, T = 300, width 512): see the README's Performance section.
@@ -136,15 +143,21 @@ def torch_stack(params: dict[str, Any], heads: int):
   return Stack()
 
 
+MODES = ('train', 'sample')
+
+
 def compare(*, streams: int, length: int, width: int, heads: int, ff_dim: int, layers: int,
-            steps: int, seed: int = 0, log=print) -> dict[str, Any]:
+            steps: int, mode: str = 'train', seed: int = 0, log=print) -> dict[str, Any]:
   """Builds both networks with the same parameters, checks their outputs agree, times
-  ``steps`` training steps of each (after one untimed step each) and returns the figures.
+  ``steps`` steps of each (after one untimed step each) and returns the figures. A step is a
+  training step (``mode='train'``) or a forward pass without gradients (``'sample'``).
 
   JAX's steps run first, then PyTorch's. Alternating them in one process slowed the JAX step
   at the ``bench`` shapes from ~9.9 to ~12.4 s on a 2-core Xeon (PyTorch's was unchanged).
   Each framework allocates and frees gigabytes per step; that the other's allocations then cost
   more is the likely cause, not a measured one."""
+  if mode not in MODES:
+    raise ValueError(f'--mode: expected one of {", ".join(MODES)}, found {mode!r}.')
   if width % heads:
     raise ValueError(f'--width {width} is not a multiple of --heads {heads}.')
   data = inputs(streams, length, width, seed)
@@ -155,9 +168,9 @@ def compare(*, streams: int, length: int, width: int, heads: int, ff_dim: int, l
                        'enough).') from None
   import jax
   import jax.numpy as jnp
-  import optax
 
   from finedual_jax import benchmark
+  from finedual_jax import xla_cpu
   from finedual_jax.data import benchmark as data_benchmark
 
   model = jax_stack(layers, heads, ff_dim)
@@ -169,45 +182,34 @@ def compare(*, streams: int, length: int, width: int, heads: int, ff_dim: int, l
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
   params = jax.tree.unflatten(tree, [p + 0.02 * jax.random.normal(k, p.shape)
                                      for p, k in zip(leaves, keys)])
-  tx = optax.adam(1e-4)
-
-  def jax_step(params, opt_state):
-    loss, grads = jax.value_and_grad(
-        lambda p: masked_mse(model.apply({'params': p}, x, mask, cond), target, mask))(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  flops = data_benchmark.model_flops(lambda: jax.jit(lambda p, o: jax_step(p, o)), params,
-                                     tx.init(params))
+  forward = lambda p: model.apply({'params': p}, x, mask, cond)
   torch_model = torch_stack(jax.device_get(params), heads)
   t_x, t_mask, t_cond, t_target = (torch.from_numpy(np.asarray(data[k]))
                                    for k in ('x', 'mask', 'cond', 'target'))
   with torch.no_grad():
     got = torch_model(t_x, t_mask, t_cond).numpy()
-  want = np.asarray(jax.jit(lambda p: model.apply({'params': p}, x, mask, cond))(params))
+  want = np.asarray(jax.jit(forward)(params))
   difference = float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12))
   if not difference < 1e-3:
     raise RuntimeError(f'the PyTorch blocks do not compute the JAX blocks\' function (largest '
                        f'difference {difference:.2e} of the largest output); nothing to compare.')
   log(f'outputs agree: largest difference {difference:.1e} of the largest output')
 
-  step = jax.jit(jax_step, donate_argnums=(0, 1))
-  state = [params, tx.init(params)]
-  optimizer = torch.optim.Adam(torch_model.parameters(), lr=1e-4)
+  if mode == 'train':
+    flops, run_jax, run_torch = _training_steps(
+        forward, params, torch_model, lambda: masked_mse(torch_model(t_x, t_mask, t_cond),
+                                                         t_target, t_mask),
+        loss=lambda out: masked_mse(out, target, mask))
+  else:
+    flops = data_benchmark.model_flops(lambda: jax.jit(forward), params)
+    compiled = jax.jit(forward, compiler_options=xla_cpu.forward_compiler_options())
 
-  def run_jax() -> float:
-    start = time.perf_counter()
-    new_params, opt_state, loss = step(*state)
-    loss.block_until_ready()
-    state[:] = [new_params, opt_state]
-    return time.perf_counter() - start
+    def run_jax() -> float:
+      return _seconds(lambda: compiled(params).block_until_ready())
 
-  def run_torch() -> float:
-    start = time.perf_counter()
-    optimizer.zero_grad(set_to_none=True)
-    masked_mse(torch_model(t_x, t_mask, t_cond), t_target, t_mask).backward()
-    optimizer.step()
-    return time.perf_counter() - start
+    def run_torch() -> float:
+      with torch.inference_mode():
+        return _seconds(lambda: torch_model(t_x, t_mask, t_cond))
 
   peak = benchmark.matmul_peak()
   times = {}
@@ -216,7 +218,8 @@ def compare(*, streams: int, length: int, width: int, heads: int, ff_dim: int, l
     times[name] = [run() for _ in range(steps)]
     log(f'{name}: ' + ', '.join(f'{t:.3f}' for t in times[name]) + ' s per step')
   peak = benchmark.best_peak([peak, benchmark.matmul_peak()])
-  result = {'shapes': {'streams': streams, 'length': length, 'width': width, 'heads': heads,
+  result = {'mode': mode,
+            'shapes': {'streams': streams, 'length': length, 'width': width, 'heads': heads,
                        'ff_dim': ff_dim, 'layers': layers},
             'flops_per_step': flops, 'peak': peak, 'output_difference': difference,
             'versions': {'jax': jax.__version__, 'torch': torch.__version__},
@@ -230,18 +233,60 @@ def compare(*, streams: int, length: int, width: int, heads: int, ff_dim: int, l
   return result
 
 
+def _seconds(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def _training_steps(forward, params, torch_model, torch_loss, *, loss):
+  """(FLOPs of the JAX step, run_jax, run_torch): each runs one Adam step on the network's
+  loss and returns its seconds; JAX's parameters and optimizer state are donated and kept."""
+  import jax
+  import optax
+  import torch
+
+  from finedual_jax.data import benchmark as data_benchmark
+
+  tx = optax.adam(1e-4)
+
+  def jax_step(params, opt_state):
+    value, grads = jax.value_and_grad(lambda p: loss(forward(p)))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, value
+
+  flops = data_benchmark.model_flops(lambda: jax.jit(lambda p, o: jax_step(p, o)), params,
+                                     tx.init(params))
+  step = jax.jit(jax_step, donate_argnums=(0, 1))
+  state = [params, tx.init(params)]
+  optimizer = torch.optim.Adam(torch_model.parameters(), lr=1e-4)
+
+  def jax_step_once():
+    new_params, opt_state, value = step(*state)
+    value.block_until_ready()
+    state[:] = [new_params, opt_state]
+
+  def torch_step_once():
+    optimizer.zero_grad(set_to_none=True)
+    torch_loss().backward()
+    optimizer.step()
+
+  return flops, lambda: _seconds(jax_step_once), lambda: _seconds(torch_step_once)
+
+
 def format_result(result: dict[str, Any]) -> str:
   s = result['shapes']
+  step = {'train': 'training step', 'sample': 'forward pass'}[result['mode']]
   lines = [f'{s["layers"]} blocks, {s["streams"]} streams x {s["length"]} frames, width '
            f'{s["width"]}, {s["heads"]} heads, FFN {s["ff_dim"]}: '
-           f'{result["flops_per_step"] / 1e9:.1f} GFLOP per step, peak '
+           f'{result["flops_per_step"] / 1e9:.1f} GFLOP per {step}, peak '
            f'{result["peak"]["peak_flops_per_s"] / 1e9:.1f} GFLOP/s']
   for name, label in (('jax', f'JAX {result["versions"]["jax"]}'),
                       ('torch', f'PyTorch {result["versions"]["torch"]}')):
     r = result[name]
-    lines.append(f'{label:>20}: {r["median_step_seconds"] * 1e3:9,.0f} ms/step  MFU '
+    lines.append(f'{label:>20}: {r["median_step_seconds"] * 1e3:9,.0f} ms per {step}  MFU '
                  f'{r["mfu"]:.1%}')
-  lines.append(f'JAX / PyTorch step time: {result["jax_over_torch"]:.2f}')
+  lines.append(f'JAX / PyTorch time per {step}: {result["jax_over_torch"]:.2f}')
   return '\n'.join(lines)
 
 
@@ -260,6 +305,9 @@ def main() -> None:
   ff_dim = flags.DEFINE_integer('ff_dim', 1024, 'Feed-forward width.', lower_bound=1)
   layers = flags.DEFINE_integer('layers', 8, 'Blocks.', lower_bound=1)
   steps = flags.DEFINE_integer('steps', 6, 'Timed steps of each.', lower_bound=1)
+  mode = flags.DEFINE_enum('mode', 'train', list(MODES),
+                           'train: training steps (forward, backward, Adam); sample: forward '
+                           'passes without gradients, as a DDIM step runs them.')
 
   def run(argv) -> None:
     if len(argv) > 1:
@@ -267,7 +315,7 @@ def main() -> None:
     try:
       result = compare(streams=streams.value, length=length.value, width=width.value,
                        heads=heads.value, ff_dim=ff_dim.value, layers=layers.value,
-                       steps=steps.value)
+                       steps=steps.value, mode=mode.value)
     except (ValueError, RuntimeError) as e:
       raise app.UsageError(str(e)) from None
     print(format_result(result))

@@ -82,9 +82,10 @@ def test_both_networks_take_the_same_training_step(torch):
   assert compared == len(grads_t) - 2 * SHAPES['layers']  # All but the self and cross key biases.
 
 
-def test_the_command_writes_both_timings(torch, tmp_path):
-  result = tc.compare(**SHAPES, steps=2, log=lambda message: None)
-  assert result['output_difference'] < 1e-5
+@pytest.mark.parametrize('mode', tc.MODES)
+def test_the_command_writes_both_timings(torch, mode):
+  result = tc.compare(**SHAPES, steps=2, mode=mode, log=lambda message: None)
+  assert result['mode'] == mode and result['output_difference'] < 1e-5
   assert result['flops_per_step'] > 0 and result['peak']['peak_flops_per_s'] > 0
   for name in ('jax', 'torch'):
     assert len(result[name]['step_seconds']) == 2 and result[name]['median_step_seconds'] > 0
@@ -92,5 +93,19 @@ def test_the_command_writes_both_timings(torch, tmp_path):
         result['flops_per_step'] / result[name]['median_step_seconds']
         / result['peak']['peak_flops_per_s'])
   text = tc.format_result(result)
-  assert 'JAX / PyTorch step time' in text and 'PyTorch' in text
+  step = {'train': 'training step', 'sample': 'forward pass'}[mode]
+  assert f'JAX / PyTorch time per {step}' in text and 'PyTorch' in text
   json.dumps(result)  # The JSON the command writes.
+
+
+def test_sample_mode_counts_a_forward_pass(torch):
+  """A forward pass without gradients: about a third of a training step's FLOPs (the backward
+  pass costs about twice the forward), not the training step's."""
+  flops = {mode: tc.compare(**SHAPES, steps=1, mode=mode, log=lambda message: None)[
+      'flops_per_step'] for mode in tc.MODES}
+  assert 0.2 < flops['sample'] / flops['train'] < 0.45
+
+
+def test_an_unknown_mode_is_named():
+  with pytest.raises(ValueError, match="--mode: expected one of train, sample, found 'infer'"):
+    tc.compare(**SHAPES, steps=1, mode='infer')
