@@ -162,13 +162,15 @@ def without_jemalloc(environ: dict[str, str]) -> dict[str, str]:
   return environ
 
 
-def environment_for_this_machine() -> dict[str, str]:
+def environment_for_this_machine(*, jemalloc_by_default: bool = True) -> dict[str, str]:
   """The environment variables a process here should start with that it does not already have
-  (empty where nothing would change; see the module docstring)."""
+  (empty where nothing would change; see the module docstring). With ``jemalloc_by_default``
+  False, jemalloc only where ``FINEDUAL_JEMALLOC`` asks for it, else glibc's settings."""
   if not sys.platform.startswith('linux'):
     return {}
   _keep_freed()  # Checked here too: it only matters where glibc allocates.
-  library = jemalloc_library()
+  asked = os.environ.get(JEMALLOC_ENV, '') not in ('', '0')
+  library = jemalloc_library() if jemalloc_by_default or asked else None
   if library is None:
     tunables = tunables_for_this_machine()
     return {} if tunables is None else {'GLIBC_TUNABLES': tunables}
@@ -200,11 +202,11 @@ def _keep_freed() -> bool:
   return keep == '1'
 
 
-def reexec_for_host_memory() -> None:
+def reexec_for_host_memory(*, jemalloc_by_default: bool = True) -> None:
   """Starts this command again with the allocator settings of ``environment_for_this_machine``
-  where they are missing (see the module docstring); returns without doing anything otherwise.
-  Call it before any work is done."""
-  changes = environment_for_this_machine()
+  (given ``jemalloc_by_default``) where they are missing (see the module docstring); returns
+  without doing anything otherwise. Call it before any work is done."""
+  changes = environment_for_this_machine(jemalloc_by_default=jemalloc_by_default)
   if not changes:
     return
   argv = getattr(sys, 'orig_argv', None)

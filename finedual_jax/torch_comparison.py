@@ -220,7 +220,7 @@ def compare(*, streams: int, length: int, width: int, heads: int, ff_dim: int, l
     times[name] = [run() for _ in range(steps)]
     log(f'{name}: ' + ', '.join(f'{t:.3f}' for t in times[name]) + ' s per step')
   peak = benchmark.best_peak([peak, benchmark.matmul_peak()])
-  result = {'mode': mode,
+  result = {'mode': mode, 'machine': data_benchmark.machine_info(),
             'shapes': {'streams': streams, 'length': length, 'width': width, 'heads': heads,
                        'ff_dim': ff_dim, 'layers': layers},
             'flops_per_step': flops, 'peak': peak, 'output_difference': difference,
@@ -327,5 +327,9 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  host_memory.reexec_for_host_memory()
+  # Both frameworks on glibc (with huge pages where the machine has them) unless
+  # FINEDUAL_JEMALLOC asks for jemalloc: with the commands' jemalloc configuration PyTorch's
+  # training step at the bench shapes took 15.7-20.1 s against 12.2-14.3 s on glibc (2-core
+  # AMD EPYC Zen 4), while JAX's changed by a few per cent (11.8 against 12.0-12.4 s).
+  host_memory.reexec_for_host_memory(jemalloc_by_default=False)
   main()

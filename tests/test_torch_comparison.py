@@ -87,6 +87,7 @@ def test_both_networks_take_the_same_training_step(torch):
 def test_the_command_writes_both_timings(torch, mode):
   result = tc.compare(**SHAPES, steps=2, mode=mode, log=lambda message: None)
   assert result['mode'] == mode and result['output_difference'] < 1e-5
+  assert result['machine']['host_allocator'] in ('glibc', 'jemalloc')  # What the run used.
   assert result['flops_per_step'] > 0 and result['peak']['peak_flops_per_s'] > 0
   for name in ('jax', 'torch'):
     assert len(result[name]['step_seconds']) == 2 and result[name]['median_step_seconds'] > 0
