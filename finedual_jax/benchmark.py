@@ -67,13 +67,13 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> dict[str, float]:
   b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
   flops = 2.0 * n ** 3
   a @ b
-  numpy_s = min(_timed(lambda: a @ b) for _ in range(repeats))
+  numpy_s = min(timed(lambda: a @ b) for _ in range(repeats))
   dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
 
   def jax_seconds(dtype) -> float:
     ja, jb = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
     dot(ja, jb).block_until_ready()
-    return min(_timed(lambda: dot(ja, jb).block_until_ready()) for _ in range(repeats))
+    return min(timed(lambda: dot(ja, jb).block_until_ready()) for _ in range(repeats))
 
   jax_s, bf16_s = jax_seconds(jnp.float32), jax_seconds(jnp.bfloat16)
   return {'n': n, 'numpy_flops_per_s': flops / numpy_s, 'jax_flops_per_s': flops / jax_s,
@@ -106,7 +106,8 @@ def _against(rows: list[dict[str, Any]], peak: dict[str, float]) -> None:
     row['peak_flops_per_s'] = reference
 
 
-def _timed(fn) -> float:
+def timed(fn) -> float:
+  """Seconds ``fn()`` takes (it must block on its own results)."""
   start = time.perf_counter()
   fn()
   return time.perf_counter() - start
@@ -178,9 +179,9 @@ def sampling_throughput(config, artifacts: pipeline.Artifacts, *, batch_sizes: S
     compile_s = time.perf_counter() - start
     # The DDIM body x steps; the whole batch in one body (a chunk loop's body counts once).
     flops = data_benchmark.model_flops(lambda: make_sampler(chunk=0), *args) * ddim_steps
-    seconds = _timed(lambda: compiled(*args).block_until_ready())
+    seconds = timed(lambda: compiled(*args).block_until_ready())
     if seconds < 2.0:  # Short runs are noisy: best of three more.
-      seconds = min(_timed(lambda: compiled(*args).block_until_ready()) for _ in range(3))
+      seconds = min(timed(lambda: compiled(*args).block_until_ready()) for _ in range(3))
     profile = None
     if profile_dir is not None and not results:  # Traced after the timed run, not during it.
       profile = profiling.profile_components(compiled, args, trace_dir=profile_dir, calls=1)

@@ -27,7 +27,6 @@ pairs, T = 300, width 512): see the README's Performance section.
 from __future__ import annotations
 
 import statistics
-import time
 from typing import Any
 
 import numpy as np
@@ -207,11 +206,11 @@ def compare(*, streams: int, length: int, width: int, heads: int, ff_dim: int, l
     compiled = jax.jit(forward, compiler_options=xla_cpu.forward_compiler_options())
 
     def run_jax() -> float:
-      return _seconds(lambda: compiled(params).block_until_ready())
+      return benchmark.timed(lambda: compiled(params).block_until_ready())
 
     def run_torch() -> float:
       with torch.inference_mode():
-        return _seconds(lambda: torch_model(t_x, t_mask, t_cond))
+        return benchmark.timed(lambda: torch_model(t_x, t_mask, t_cond))
 
   peak = benchmark.matmul_peak()
   times = {}
@@ -235,12 +234,6 @@ def compare(*, streams: int, length: int, width: int, heads: int, ff_dim: int, l
   return result
 
 
-def _seconds(fn) -> float:
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
-
-
 def _training_steps(forward, params, torch_model, torch_loss, *, loss):
   """(FLOPs of the JAX step, run_jax, run_torch): each runs one Adam step on the network's
   loss and returns its seconds; JAX's parameters and optimizer state are donated and kept."""
@@ -248,6 +241,7 @@ def _training_steps(forward, params, torch_model, torch_loss, *, loss):
   import optax
   import torch
 
+  from finedual_jax import benchmark
   from finedual_jax.data import benchmark as data_benchmark
 
   tx = optax.adam(1e-4)
@@ -273,7 +267,7 @@ def _training_steps(forward, params, torch_model, torch_loss, *, loss):
     torch_loss().backward()
     optimizer.step()
 
-  return flops, lambda: _seconds(jax_step_once), lambda: _seconds(torch_step_once)
+  return flops, lambda: benchmark.timed(jax_step_once), lambda: benchmark.timed(torch_step_once)
 
 
 def format_result(result: dict[str, Any]) -> str:
