@@ -20,7 +20,11 @@ MiB). Measured on a 2-core AMD EPYC (Zen 4): the step took 12.1-12.9 s with 0.00
 system time (threshold 0, a 60 s decay) and the same losses as with glibc (15.5-16.5 s with
 huge pages, the same day); the benchmark's FineDual step 12.4 s; the sampler's speed did not
 change. ``FINEDUAL_JEMALLOC=0`` turns this off; a ``MALLOC_CONF`` of the user's own is
-kept.
+kept. jemalloc 5.3.0 (Debian 12's) creates arena 0 before it reads its options, so that arena
+alone keeps the default threshold (8 MiB) and gives each large block back at once: a run whose
+executing thread drew arena 0 faulted every page of every call (2 of 27 runs of a test here
+with the default arenas, every run with ``narenas:1``). Where the threshold is 0, the
+re-executed process lifts arena 0's too (``jemalloc_arena_zero_keeps_large_blocks``).
 
 **Otherwise glibc** (2.35 and later) is asked for transparent huge pages (2 MiB) for those
 blocks, ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``: far fewer faults, but the kernel still
@@ -57,6 +61,8 @@ JEMALLOC_ENV = 'FINEDUAL_JEMALLOC'
 # Large blocks through jemalloc's ordinary arenas, whose freed pages wait (10 s) for reuse;
 # background threads give back what an arena no thread allocates from any more still holds.
 JEMALLOC_CONF = 'oversize_threshold:0,background_thread:true'
+# No block is this large: arena 0's threshold after ``jemalloc_arena_zero_keeps_large_blocks``.
+_NEVER = (1 << 64) - 1
 
 
 def tunables_with_huge_pages(current: str | None, keep_freed: bool = False) -> str | None:
@@ -118,6 +124,48 @@ def _jemalloc_loaded() -> bool:
       return 'libjemalloc' in f.read()
   except OSError:
     return False
+
+
+def _mallctl():
+  """jemalloc's ``mallctl`` where jemalloc is loaded into this process, else None."""
+  if not _jemalloc_loaded():
+    return None
+  try:
+    mallctl = ctypes.CDLL(None).mallctl
+  except (AttributeError, OSError):
+    return None
+  mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t),
+                      ctypes.c_void_p, ctypes.c_size_t]
+  mallctl.restype = ctypes.c_int
+  return mallctl
+
+
+def _size_setting(mallctl, name: str, new: int | None = None) -> int | None:
+  """Reads (and, given ``new``, then writes) jemalloc's ``size_t`` setting ``name``; its old
+  value, or None where this jemalloc has no such setting."""
+  old, size = ctypes.c_size_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
+  value = None if new is None else ctypes.byref(ctypes.c_size_t(new))
+  written = 0 if new is None else ctypes.sizeof(ctypes.c_size_t)
+  if mallctl(name.encode(), ctypes.byref(old), ctypes.byref(size), value, written) != 0:
+    return None
+  return old.value
+
+
+def jemalloc_arena_zero_keeps_large_blocks() -> bool:
+  """Where jemalloc runs with its huge arena off (``oversize_threshold`` 0), lifts arena 0's own
+  threshold, which jemalloc 5.3.0 leaves at 8 MiB, so that arena too keeps freed large blocks
+  for the next call (see the module docstring). True where arena 0 then keeps them; False
+  where jemalloc is not loaded, runs with a huge arena, or cannot say."""
+  mallctl = _mallctl()
+  if mallctl is None or _size_setting(mallctl, 'opt.oversize_threshold') != 0:
+    return False
+  arena_zero = 'arena.0.oversize_threshold'
+  current = _size_setting(mallctl, arena_zero)
+  if current is None:  # A jemalloc before 5.3: no such setting.
+    return False
+  if current != _NEVER:
+    _size_setting(mallctl, arena_zero, _NEVER)
+  return _size_setting(mallctl, arena_zero) == _NEVER
 
 
 def jemalloc_library() -> str | None:
@@ -204,10 +252,12 @@ def _keep_freed() -> bool:
 
 def reexec_for_host_memory(*, jemalloc_by_default: bool = True) -> None:
   """Starts this command again with the allocator settings of ``environment_for_this_machine``
-  (given ``jemalloc_by_default``) where they are missing (see the module docstring); returns
-  without doing anything otherwise. Call it before any work is done."""
+  (given ``jemalloc_by_default``) where they are missing (see the module docstring); otherwise
+  returns, once jemalloc's arena 0 keeps large blocks where it runs with the huge arena off.
+  Call it before any work is done."""
   changes = environment_for_this_machine(jemalloc_by_default=jemalloc_by_default)
   if not changes:
+    jemalloc_arena_zero_keeps_large_blocks()
     return
   argv = getattr(sys, 'orig_argv', None)
   if not argv:

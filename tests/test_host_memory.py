@@ -278,5 +278,27 @@ def test_jemalloc_serves_the_next_calls_without_page_faults():
   one_device = {host_memory.JEMALLOC_ENV: '', 'XLA_FLAGS': ''}
   returned = float(_python(_FAULTS_PER_CALL, **one_device, MALLOC_CONF='')[-1])
   kept = float(_python(_FAULTS_PER_CALL, **one_device)[-1])
+  # Every thread on arena 0, which jemalloc 5.3.0 sets up with the default threshold: without
+  # the re-executed process's correction each call faults its block in again.
+  only_arena_zero = f'{host_memory.JEMALLOC_CONF},narenas:1'
+  kept_on_arena_zero = float(
+      _python(_FAULTS_PER_CALL, **one_device, MALLOC_CONF=only_arena_zero)[-1])
   assert returned > 16_000
   assert kept < 100
+  assert kept_on_arena_zero < 100
+
+
+_ARENA_ZERO = ('from finedual_jax import host_memory\n'
+               'host_memory.reexec_for_host_memory()\n'
+               'print(host_memory.jemalloc_arena_zero_keeps_large_blocks())\n')
+
+
+@needs_jemalloc
+def test_arena_zero_keeps_large_blocks_only_with_the_huge_arena_off():
+  assert _python(_ARENA_ZERO, **{host_memory.JEMALLOC_ENV: ''}) == ['True']
+  # A user's configuration with the huge arena on is left as it is.
+  assert _python(_ARENA_ZERO, **{host_memory.JEMALLOC_ENV: ''}, MALLOC_CONF='') == ['False']
+
+
+def test_arena_zero_is_left_alone_without_jemalloc():
+  assert _python(_ARENA_ZERO) == ['False']
