@@ -142,7 +142,7 @@ def _mallctl():
 
 def _size_setting(mallctl, name: str, new: int | None = None) -> int | None:
   """Reads (and, given ``new``, then writes) jemalloc's ``size_t`` setting ``name``; its old
-  value, or None where this jemalloc has no such setting."""
+  value, or None where this jemalloc has no such setting or refused the write."""
   old, size = ctypes.c_size_t(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_size_t))
   value = None if new is None else ctypes.byref(ctypes.c_size_t(new))
   written = 0 if new is None else ctypes.sizeof(ctypes.c_size_t)
@@ -159,13 +159,8 @@ def jemalloc_arena_zero_keeps_large_blocks() -> bool:
   mallctl = _mallctl()
   if mallctl is None or _size_setting(mallctl, 'opt.oversize_threshold') != 0:
     return False
-  arena_zero = 'arena.0.oversize_threshold'
-  current = _size_setting(mallctl, arena_zero)
-  if current is None:  # A jemalloc before 5.3: no such setting.
-    return False
-  if current != _NEVER:
-    _size_setting(mallctl, arena_zero, _NEVER)
-  return _size_setting(mallctl, arena_zero) == _NEVER
+  # None where the write failed: a jemalloc before 5.3 has no such setting.
+  return _size_setting(mallctl, 'arena.0.oversize_threshold', _NEVER) is not None
 
 
 def jemalloc_library() -> str | None:
